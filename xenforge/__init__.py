@@ -1,0 +1,1 @@
+"""xenforge: build, boot and verify Xen systems from pinned sources."""
