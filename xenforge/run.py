@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shlex
 import signal
@@ -29,6 +30,13 @@ TAIL_LINES = 25
 
 _live: set[subprocess.Popen[bytes]] = set()
 _live_lock = threading.Lock()
+_cancelled = threading.Event()
+
+
+class Interrupted(XenforgeError):
+    """The build was interrupted (SIGINT/SIGTERM); no new command starts."""
+
+    exit_code = 130
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -85,6 +93,8 @@ def run(
     ``env`` is added to :func:`base_env`; ``inherit_env`` starts from os.environ instead.
     """
     args = [os.fspath(a) for a in argv]
+    if _cancelled.is_set():
+        raise Interrupted("interrupted; not starting: " + shlex.join(args)[:200])
     full_env = dict(os.environ) if inherit_env else base_env()
     if env:
         full_env.update(env)
@@ -160,15 +170,14 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
 def kill_all() -> None:
-    """Kill every command still running (called on SIGTERM/SIGINT by the CLI)."""
+    """Kill every command still running and refuse new ones (on SIGTERM/SIGINT)."""
+    _cancelled.set()
     with _live_lock:
         procs = list(_live)
     for p in procs:

@@ -1,0 +1,227 @@
+"""Content-addressed store of node outputs.
+
+Layout below the cache root (``~/.cache/xenforge`` by default)::
+
+    objects/ab/<id>/out/            a node's committed output (what stages read)
+    objects/ab/<id>/manifest.json   what it was built from, when, how long it took
+    objects/ab/<id>/log             the stage log of the build that made it
+    tmp/<id>.<pid>.<rand>/          outputs being built; renamed into objects/ on success
+    locks/<id>.lock                 one build of a node at a time, across processes
+    refs/<recipe>/<node>.json       the latest id built for a recipe's node (for "why rebuilt")
+    work/<id>/                      scratch space of a running stage
+    downloads/sha256/<hash>         fetched source files, by checksum
+    ccache/                         the compiler cache shared by all builds
+
+An object directory exists only once complete (rename is atomic), so a build killed at any
+moment leaves at most a stale ``tmp/`` or ``work/`` entry, which is never read and is removed
+by the next build of that node (under its lock) or by ``xenforge cache gc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xenforge.errors import InputError
+
+
+def default_root() -> Path:
+    env = os.environ.get("XENFORGE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "xenforge"
+
+
+@dataclass
+class Entry:
+    id: str
+    stage: str
+    node: str
+    size: int
+    created: float
+    used: float
+
+
+class Cache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_root()).absolute()
+        self.objects_dir = self.root / "objects"
+        self.tmp_dir = self.root / "tmp"
+        self.locks_dir = self.root / "locks"
+        self.refs_dir = self.root / "refs"
+        self.work_dir = self.root / "work"
+        self.downloads_dir = self.root / "downloads"
+        self.ccache_dir = self.root / "ccache"
+        try:
+            for d in (self.objects_dir, self.tmp_dir, self.locks_dir, self.refs_dir,
+                      self.work_dir, self.downloads_dir, self.ccache_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot use cache directory {self.root}: {exc.strerror}",
+                             hint="pass --cache-dir DIR or set XENFORGE_CACHE_DIR") from exc
+
+    # -- objects -----------------------------------------------------------------------
+    def object_dir(self, node_id: str) -> Path:
+        return self.objects_dir / node_id[:2] / node_id
+
+    def has(self, node_id: str) -> bool:
+        return (self.object_dir(node_id) / "manifest.json").is_file()
+
+    def out(self, node_id: str) -> Path:
+        return self.object_dir(node_id) / "out"
+
+    def manifest(self, node_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            (self.object_dir(node_id) / "manifest.json").read_text())
+        return data
+
+    def touch(self, node_id: str) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.object_dir(node_id) / "manifest.json")
+
+    @contextlib.contextmanager
+    def lock(self, node_id: str) -> Iterator[None]:
+        """Hold the node's lock: one build of a node at a time, across processes."""
+        with open(self.locks_dir / f"{node_id}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def staging(self, node_id: str) -> Iterator[Path]:
+        """A fresh staging dir for ``node_id`` (call under :meth:`lock`).
+
+        Stale staging and work dirs of the same node (from a killed build) are removed
+        first. The dir is deleted on any exception; :meth:`commit` moves it into place.
+        """
+        for stale in self.tmp_dir.glob(f"{node_id}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        path = self.tmp_dir / f"{node_id}.{os.getpid()}.{secrets.token_hex(4)}"
+        (path / "out").mkdir(parents=True)
+        try:
+            yield path
+        finally:
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+
+    def work(self, node_id: str) -> Path:
+        """A clean scratch dir for a node's build (call under :meth:`lock`)."""
+        path = self.work_dir / node_id
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def commit(self, node_id: str, staging: Path, manifest: dict[str, Any]) -> Path:
+        """Write the manifest and move ``staging`` into the store atomically."""
+        mf = staging / "manifest.json"
+        with open(mf.with_suffix(".tmp"), "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(mf.with_suffix(".tmp"), mf)
+        target = self.object_dir(node_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # another process committed it meanwhile: keep theirs
+            shutil.rmtree(staging)
+        else:
+            os.rename(staging, target)
+        return target
+
+    # -- refs: what a recipe's node was last built as ---------------------------------
+    def write_ref(self, recipe: str, node: str, record: dict[str, Any]) -> None:
+        path = self.refs_dir / recipe / f"{node.replace('/', '_')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.rename(tmp, path)
+
+    def read_ref(self, recipe: str, node: str) -> dict[str, Any] | None:
+        path = self.refs_dir / recipe / f"{node.replace('/', '_')}.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+
+    # -- listing and garbage collection ------------------------------------------------
+    def entries(self) -> list[Entry]:
+        out = []
+        for mf in self.objects_dir.glob("*/*/manifest.json"):
+            try:
+                m = json.loads(mf.read_text())
+                st = mf.stat()
+            except (OSError, ValueError):
+                continue
+            out.append(Entry(id=mf.parent.name, stage=m.get("stage", "?"),
+                             node=m.get("node", "?"), size=dir_size(mf.parent),
+                             created=m.get("finished", st.st_mtime), used=st.st_mtime))
+        return sorted(out, key=lambda e: e.used)
+
+    def referenced(self) -> set[str]:
+        ids = set()
+        for ref in self.refs_dir.glob("*/*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                ids.add(json.loads(ref.read_text())["id"])
+        return ids
+
+    def gc(self, *, max_bytes: int | None = None, older_than: float | None = None,
+           dry_run: bool = False) -> list[Entry]:
+        """Remove stale tmp/work dirs, then objects: unreferenced ones older than
+        ``older_than`` seconds, then least recently used until under ``max_bytes``."""
+        removed: list[Entry] = []
+        for stale in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
+            node_id = stale.name.split(".")[0]
+            if self._unlocked(node_id) and not dry_run:
+                shutil.rmtree(stale, ignore_errors=True)
+        entries = self.entries()
+        keep = self.referenced()
+        now = time.time()
+        total = sum(e.size for e in entries)
+        for e in entries:  # least recently used first
+            too_old = older_than is not None and e.id not in keep and now - e.used > older_than
+            too_big = max_bytes is not None and total > max_bytes
+            if too_old or too_big:
+                if not dry_run:
+                    self._remove(e.id)
+                removed.append(e)
+                total -= e.size
+        return removed
+
+    def _unlocked(self, node_id: str) -> bool:
+        with open(self.locks_dir / f"{node_id}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+
+    def _remove(self, node_id: str) -> None:
+        with self.lock(node_id):
+            target = self.object_dir(node_id)
+            if target.exists():
+                doomed = self.tmp_dir / f"{node_id}.gc.{secrets.token_hex(4)}"
+                os.rename(target, doomed)  # gone from the store atomically
+                shutil.rmtree(doomed, ignore_errors=True)
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total

@@ -1,0 +1,222 @@
+"""Command line: argument parsing, exit codes (0 ok, 1 build failed, 2 bad input/usage,
+130 interrupted) and the one top-level error handler (no traceback unless --debug)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from xenforge import __version__
+from xenforge.errors import InputError, XenforgeError
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from xenforge.errors import Problem, ValidationFailed
+    from xenforge.recipe.load import load_recipe
+
+    problems: list[Problem] = []
+    for f in args.recipes:
+        try:
+            load_recipe(Path(f))
+            print(f"{f}: ok")
+        except ValidationFailed as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ValidationFailed(problems)
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from xenforge.recipe.model import Recipe
+
+    schema = Recipe.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "xenforge recipe"
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _plan(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from xenforge.plan import plan
+    from xenforge.recipe.load import load_recipe
+
+    return plan(load_recipe(Path(args.recipe)))
+
+
+def _cache(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from xenforge.cache import Cache
+
+    return Cache(Path(args.cache_dir) if args.cache_dir else None)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from xenforge.plan import explain_change
+
+    graph = _plan(args)
+    cache = _cache(args)
+    if args.json:
+        data = graph.to_json()
+        for n in data["nodes"]:
+            n["cached"] = cache.has(n["id"])
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"recipe {graph.recipe}: {len(graph.nodes)} nodes")
+    for node in graph.nodes.values():
+        if cache.has(node.id):
+            state = "cached"
+        else:
+            state = "build: " + explain_change(node, cache.read_ref(graph.recipe, node.name))
+        deps = ", ".join(node.inputs.values())
+        print(f"  {node.name:<22} {node.id[:12]}  {state}" + (f"  <- {deps}" if deps else ""))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from xenforge.artifacts import export, human_size
+    from xenforge.build import Executor
+    from xenforge.progress import Progress
+
+    start = time.monotonic()
+    graph = _plan(args)
+    cache = _cache(args)
+    logs = cache.root / "logs" / graph.recipe
+    progress = Progress(quiet=args.quiet, plain=True if args.plain else None,
+                        logfile=logs / "build.log")
+    progress.line(f"build {graph.recipe}: {len(graph.nodes)} nodes, cache {cache.root}")
+    with progress:
+        results = Executor(graph, cache, progress, jobs=args.jobs, logs_dir=logs).run()
+    failed = [r for r in results.values() if r.status == "failed"]
+    if failed:
+        for r in failed:
+            assert r.error is not None
+            print(f"error: {r.error.render()}", file=sys.stderr)
+        skipped = [r.name for r in results.values() if r.status == "skipped"]
+        if skipped:
+            print(f"not built because of the failure: {', '.join(skipped)}", file=sys.stderr)
+        return 1
+    out_dir = Path(args.out) / graph.recipe
+    artifacts = export(graph, results, cache, out_dir)
+    built = sum(r.status == "built" for r in results.values())
+    cached = sum(r.status == "cached" for r in results.values())
+    if not args.quiet:
+        print(f"\n{graph.recipe}: {built} built, {cached} cached, "
+              f"{time.monotonic() - start:.1f}s; artifacts in {out_dir}/")
+        for a in artifacts:
+            print(f"  {a.path.as_posix():<48} {human_size(a.size):>10}  {a.sha256}")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from xenforge.artifacts import human_size
+
+    cache = _cache(args)
+    if args.cache_cmd == "ls":
+        for e in cache.entries():
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.used))
+            print(f"{e.id[:12]}  {e.stage:<11} {e.node:<24} {human_size(e.size):>10}  {used}")
+    elif args.cache_cmd == "du":
+        by_stage: dict[str, int] = {}
+        for e in cache.entries():
+            by_stage[e.stage] = by_stage.get(e.stage, 0) + e.size
+        for stage, size in sorted(by_stage.items()):
+            print(f"{stage:<12} {human_size(size):>10}")
+        print(f"{'total':<12} {human_size(sum(by_stage.values())):>10}  ({cache.root})")
+    else:
+        max_bytes = _parse_size(args.max_size) if args.max_size else None
+        older = args.older_than * 86400 if args.older_than is not None else None
+        removed = cache.gc(max_bytes=max_bytes, older_than=older, dry_run=args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        for e in removed:
+            print(f"{verb} {e.id[:12]} {e.node} ({human_size(e.size)})")
+        print(f"{verb} {len(removed)} objects, {human_size(sum(e.size for e in removed))}")
+    return 0
+
+
+def _parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError as exc:
+        raise InputError(f"--max-size: {text!r} is not a size", hint="e.g. 20G or 500M") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xenforge", description="Build, boot and verify Xen systems from pinned sources.")
+    p.add_argument("--version", action="version", version=f"xenforge {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="cache directory (default: $XENFORGE_CACHE_DIR or ~/.cache/xenforge)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check recipes; report every problem at once")
+    v.add_argument("recipes", nargs="+", metavar="RECIPE")
+    v.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
+    s.set_defaults(func=_cmd_schema)
+
+    pl = sub.add_parser("plan", help="show the build graph and what is cached")
+    pl.add_argument("recipe", metavar="RECIPE")
+    pl.add_argument("--json", action="store_true", help="machine-readable graph")
+    pl.set_defaults(func=_cmd_plan)
+
+    b = sub.add_parser("build", help="build a recipe's artifacts through the cache")
+    b.add_argument("recipe", metavar="RECIPE")
+    b.add_argument("-j", "--jobs", type=int, default=None, help="parallel jobs (default: cores)")
+    b.add_argument("-o", "--out", default="out", help="artifact directory (default: ./out)")
+    b.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    b.add_argument("--plain", action="store_true", help="plain log lines, no live view")
+    b.set_defaults(func=_cmd_build)
+
+    c = sub.add_parser("cache", help="inspect or clean the cache")
+    csub = c.add_subparsers(dest="cache_cmd", required=True, metavar="ACTION")
+    csub.add_parser("ls", help="list cached nodes, least recently used first")
+    csub.add_parser("du", help="disk use by stage")
+    gc = csub.add_parser("gc", help="remove stale and old entries")
+    gc.add_argument("--max-size", help="shrink to this size, least recently used first")
+    gc.add_argument("--older-than", type=float, metavar="DAYS",
+                    help="remove entries not used for DAYS and not the latest of any recipe")
+    gc.add_argument("--dry-run", action="store_true")
+    c.set_defaults(func=_cmd_cache)
+    return p
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        code: int = args.func(args)
+        return code
+    except XenforgeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        from xenforge import run
+
+        run.kill_all()
+        print("interrupted; nothing half-built was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

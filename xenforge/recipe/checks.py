@@ -1,0 +1,83 @@
+"""Cross-field rules, separate from the schema: references between sections and what a
+build needs to make sense. Each rule returns Problems with a location and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xenforge.errors import Problem
+from xenforge.recipe.yamlload import Loc, Origins, loc_text
+
+if TYPE_CHECKING:
+    from xenforge.recipe.load import LoadedRecipe
+
+
+def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
+    r = loaded.recipe
+    out: list[Problem] = []
+
+    def add(loc: Loc, msg: str, hint: str) -> None:
+        pos = origins.find(loc)
+        out.append(Problem(pos[0] if pos else loaded.file, pos[1] if pos else None,
+                           loc_text(loc), msg, hint))
+
+    kernels = sorted(r.kernels)
+    for key, k in r.kernels.items():
+        if k.base == "file" and k.base_config is None:
+            add(("kernels", key, "base"), "base: file needs base_config",
+                "add `base_config: path/to/config` or use base: tinyconfig")
+        if k.base != "file" and k.base_config is not None:
+            add(("kernels", key, "base_config"), f"base_config is ignored with base: {k.base}",
+                "set `base: file` or remove base_config")
+        line = loaded.kernel_lines.get(key)
+        for i, frag in enumerate(k.fragments):
+            if isinstance(frag, Path):
+                if not frag.is_file():
+                    add(("kernels", key, "fragments", i), f"fragment not found: {frag}",
+                        "relative paths are relative to the recipe")
+            elif line is not None and frag not in line.fragments:
+                add(("kernels", key, "fragments", i), f"unknown fragment {frag!r}",
+                    f"the line {line.name} has: {', '.join(sorted(line.fragments)) or 'none'}"
+                    "; or give a path to a .config file")
+
+    for key, img in r.images.items():
+        if img.kernel is not None and img.kernel not in r.kernels:
+            add(("images", key, "kernel"), f"no kernel named {img.kernel!r}",
+                f"kernels defined: {', '.join(kernels) or 'none'}")
+        if img.role == "dom0" and r.hypervisor is None:
+            add(("images", key, "role"), "a dom0 image needs a hypervisor section",
+                "add `hypervisor:` (e.g. spec: ../hypervisor/xen-4.17.yaml)")
+        if img.role == "dom0" and img.kernel is None:
+            add(("images", key, "kernel"), "a dom0 image needs a kernel",
+                "set `kernel:` to a key of `kernels`, e.g. dom0")
+        if len(set(img.formats)) != len(img.formats):
+            add(("images", key, "formats"), "a format is listed twice", "list each once")
+
+    seen: dict[str, int] = {}
+    for i, g in enumerate(r.guests):
+        if g.name in seen:
+            add(("guests", i, "name"), f"guest name {g.name!r} is used twice "
+                f"(also guests[{seen[g.name]}])", "give every guest its own name")
+        seen.setdefault(g.name, i)
+        sub = loaded.guests.get(g.name)
+        if sub is not None and not any(im.role == "guest" for im in sub.recipe.images.values()):
+            add(("guests", i, "recipe"), f"{g.recipe.name} has no image with role: guest",
+                "a guest recipe needs `images: {NAME: {role: guest, kernel: ...}}`")
+    if r.guests and not any(im.role == "dom0" for im in r.images.values()):
+        add(("guests",), "guests need a dom0 image to live in",
+            "add an image with `role: dom0`")
+
+    if r.iso is not None:
+        iso_img = r.images.get(r.iso.image)
+        if iso_img is None:
+            add(("iso", "image"), f"no image named {r.iso.image!r}",
+                f"images defined: {', '.join(sorted(r.images)) or 'none'}")
+        elif iso_img.role != "dom0":
+            add(("iso", "image"), f"image {r.iso.image!r} has role {iso_img.role}",
+                "an installable ISO carries a dom0 image")
+
+    if r.tests is not None and r.tests.after_build and not r.images:
+        add(("tests", "after_build"), "tests need an image to boot",
+            "add an image with role: dom0, or use `xenforge test --host` for a real host")
+    return out

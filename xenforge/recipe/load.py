@@ -1,0 +1,274 @@
+"""Load a recipe: YAML with positions, ``extends`` merging, strict validation, spec files,
+cross-field checks. Every problem of every file is collected and reported at once."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from xenforge.errors import Problem, ValidationFailed
+from xenforge.recipe.model import Recipe
+from xenforge.recipe.specs import HypervisorSpec, KernelLine
+from xenforge.recipe.yamlload import LoadError, Loc, Origins, load_yaml, loc_text
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class LoadedRecipe:
+    file: Path
+    recipe: Recipe
+    name: str
+    hypervisor_spec: HypervisorSpec | None = None
+    kernel_lines: dict[str, KernelLine] = field(default_factory=dict)  # kernels key -> line
+    guests: dict[str, LoadedRecipe] = field(default_factory=dict)  # guest name -> recipe
+
+
+def merge(base: Any, top: Any, base_o: Origins, top_o: Origins, loc: Loc = ()) -> Any:
+    """Deep-merge ``top`` over ``base``: mappings merge key by key, anything else is replaced;
+    ``key: null`` in ``top`` removes the key (e.g. ``kernels: null`` drops inherited kernels)."""
+    if isinstance(base, dict) and isinstance(top, dict):
+        out = dict(base)
+        for key, value in top.items():
+            if value is None and key in base:
+                out.pop(key)
+                base_o.drop_below((*loc, key))
+            elif key in base:
+                out[key] = merge(base[key], value, base_o, top_o, (*loc, key))
+            else:
+                out[key] = value
+                _copy_origins(top_o, base_o, (*loc, key))
+        if loc in top_o:
+            base_o[loc] = top_o[loc]
+        return out
+    base_o.drop_below(loc)
+    _copy_origins(top_o, base_o, loc)
+    return top
+
+
+def _copy_origins(src: Origins, dst: Origins, loc: Loc) -> None:
+    for k, v in src.items():
+        if k[: len(loc)] == loc:
+            dst[k] = v
+
+
+def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem]
+                       ) -> tuple[dict[str, Any], Origins]:
+    file = file.resolve()
+    try:
+        data, origins = load_yaml(file)
+    except LoadError as exc:
+        problems.extend(exc.problems)
+        return {}, Origins()
+    if not isinstance(data, dict):
+        problems.append(Problem(file, 1, "", "a recipe must be a mapping of sections",
+                                "start with `schema: 1` and sections such as `hypervisor:`"))
+        return {}, Origins()
+    extends = data.get("extends", [])
+    if isinstance(extends, str):
+        extends = [extends]
+        data["extends"] = extends
+    merged: dict[str, Any] = {}
+    merged_o = Origins()
+    if isinstance(extends, list):
+        for i, ref in enumerate(extends):
+            pos = origins.find(("extends", i))
+            line = pos[1] if pos else None
+            if not isinstance(ref, str):
+                continue  # the model reports the wrong type
+            target = (file.parent / ref).resolve()
+            if target in stack or target == file:
+                chain = " -> ".join(p.name for p in [*stack, file, target])
+                problems.append(Problem(file, line, f"extends[{i}]", f"extends cycle: {chain}",
+                                        "remove one of the extends entries forming the loop"))
+                continue
+            if not target.is_file():
+                problems.append(Problem(file, line, f"extends[{i}]",
+                                        f"extended recipe not found: {target}",
+                                        "paths in extends are relative to this file"))
+                continue
+            base, base_o = _read_with_extends(target, [*stack, file], problems)
+            base.pop("extends", None)
+            base.pop("name", None)  # a name belongs to its own file
+            merged = merge(merged, base, merged_o, base_o)
+    merged = merge(merged, data, merged_o, origins)
+    return _drop_nulls(merged), merged_o
+
+
+def _drop_nulls(value: Any) -> Any:
+    """``key:`` with no value means "not set": the field's default applies."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def validate_model(model: type[M], data: Any, origins: Origins, file: Path,
+                   problems: list[Problem], prefix: Loc = ()) -> M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.append(_problem(model, err, origins, file, prefix))
+        return None
+
+
+def _problem(model: type[BaseModel], err: Any, origins: Origins, file: Path,
+             prefix: Loc) -> Problem:
+    loc: Loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+    pos = origins.find(loc)
+    where, line = (pos if pos else (file, None))
+    kind = err["type"]
+    msg = err["msg"]
+    hint = ""
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _allowed_keys(model, loc[:-1])
+        msg = f"unknown key {key!r}"
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = (f"did you mean {close[0]!r}? " if close else "") + \
+            f"valid keys here: {', '.join(sorted(allowed))}"
+    elif kind == "missing":
+        msg = "required field is missing"
+        hint = f"add `{loc[-1]}:`" if loc else ""
+    elif kind == "source_kind":
+        from xenforge.sources import _ONE_OF_HINT
+
+        hint = _ONE_OF_HINT
+    elif kind == "literal_error":
+        msg = f"{msg} (got {err.get('input')!r})"
+    elif kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if "no such file" in msg:
+            hint = "relative paths are relative to the file that names them"
+    elif kind.endswith("_type") or kind.endswith("_parsing"):
+        msg = f"{msg} (got {_short(err.get('input'))})"
+    elif kind == "string_pattern_mismatch":
+        msg = f"{_short(err.get('input'))} is not a valid value: {msg}"
+        if (loc and loc[-1] in ("name",)) or (len(loc) >= 2 and isinstance(loc[-1], str)):
+            hint = "use lower case letters, digits, '.', '-' and '_'"
+    ctx_hint = (err.get("ctx") or {}).get("hint")
+    if ctx_hint and not hint:
+        hint = str(ctx_hint)
+    return Problem(where, line, loc_text((*prefix, *loc)), msg, hint)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the chosen union member's name (e.g. 'UrlSource') or a type name to loc
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part or part in
+                                      ("function-after", "function-before", "lax-or-strict"))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
+    current: Any = model
+    for part in loc:
+        current = _step(current, part)
+        if current is None:
+            return []
+    current = _unwrap_model(current)
+    if current is None:
+        return []
+    return [f.alias or name for name, f in current.model_fields.items()]
+
+
+def _unwrap_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _step(tp: Any, part: str | int) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _step(typing.get_args(tp)[0], part)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            nxt = _step(arg, part)
+            if nxt is not None:
+                return nxt
+        return None
+    if origin is list and isinstance(part, int):
+        return typing.get_args(tp)[0]
+    if origin is dict and isinstance(part, str):
+        return typing.get_args(tp)[1]
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
+        for name, f in tp.model_fields.items():
+            if (f.alias or name) == part:
+                return f.annotation
+    return None
+
+
+def _load_spec(model: type[M], file: Path, problems: list[Problem]) -> M | None:
+    try:
+        data, origins = load_yaml(file)
+    except LoadError as exc:
+        problems.extend(exc.problems)
+        return None
+    return validate_model(model, data, origins, file, problems)
+
+
+def load_recipe(file: Path, *, _stack: tuple[Path, ...] = ()) -> LoadedRecipe:
+    """Load and validate a recipe with everything it refers to; raise ValidationFailed."""
+    problems: list[Problem] = []
+    loaded = _load(file, problems, _stack)
+    if problems or loaded is None:
+        raise ValidationFailed(problems)
+    return loaded
+
+
+def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...]) -> LoadedRecipe | None:
+    from xenforge.recipe.checks import check_recipe  # cross-field rules
+
+    file = file.resolve()
+    if not file.is_file():
+        problems.append(Problem(file, None, "", "recipe not found",
+                                "give the path of a .yaml recipe, e.g. recipes/xen-host.yaml"))
+        return None
+    data, origins = _read_with_extends(file, [], problems)
+    recipe = validate_model(Recipe, data, origins, file, problems)
+    if recipe is None:
+        return None
+    loaded = LoadedRecipe(file=file, recipe=recipe, name=recipe.name or file.stem)
+    if recipe.hypervisor is not None:
+        loaded.hypervisor_spec = _load_spec(HypervisorSpec, recipe.hypervisor.spec, problems)
+    for key, k in recipe.kernels.items():
+        line_file = k.line / "line.yaml"
+        if not line_file.is_file():
+            pos = origins.find(("kernels", key, "line"))
+            problems.append(Problem(pos[0] if pos else file, pos[1] if pos else None,
+                                    f"kernels.{key}.line",
+                                    f"{k.line} has no line.yaml",
+                                    "a kernel line folder holds line.yaml, series, patches "
+                                    "and .config fragments"))
+            continue
+        line = _load_spec(KernelLine, line_file, problems)
+        if line is not None:
+            loaded.kernel_lines[key] = line
+    for i, g in enumerate(recipe.guests):
+        if g.recipe.resolve() in (*stack, file):
+            pos = origins.find(("guests", i, "recipe"))
+            problems.append(Problem(pos[0] if pos else file, pos[1] if pos else None,
+                                    f"guests[{i}].recipe", "a guest recipe refers back to "
+                                    "its host", "a guest recipe must not list guests"))
+            continue
+        sub = _load(g.recipe, problems, (*stack, file))
+        if sub is not None:
+            loaded.guests[g.name] = sub
+    problems.extend(check_recipe(loaded, origins))
+    return loaded

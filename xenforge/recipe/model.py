@@ -1,0 +1,126 @@
+"""The recipe: what to build, as typed data. Cross-field checks live in ``checks.py``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from xenforge.recipe.types import DirPath, FilePath, FragmentRef, Model, Name, SizeMiB
+from xenforge.sources import SourceSpec
+
+Firmware = Literal["bios", "uefi"]
+Format = Literal["raw", "qcow2"]
+IsoMode = Literal["live", "install"]
+Suite = Literal["dom0", "guests"]
+
+
+def _formats() -> list[Format]:
+    return ["qcow2"]
+
+
+def _bios() -> list[Firmware]:
+    return ["bios"]
+
+
+def _both_firmwares() -> list[Firmware]:
+    return ["bios", "uefi"]
+
+
+def _iso_modes() -> list[IsoMode]:
+    return ["live", "install"]
+
+
+def _suites() -> list[Suite]:
+    return ["dom0", "guests"]
+
+
+class HypervisorSection(Model):
+    spec: FilePath = Field(description="Xen build spec, e.g. ../hypervisor/xen-4.17.yaml")
+    config: list[FilePath] = Field(default_factory=list,
+                                   description="extra Kconfig fragments over the spec's")
+    patches: DirPath | None = Field(None, description="replace the spec's patch series")
+    source: SourceSpec | None = Field(None, description="replace the spec's pinned source")
+    toolstack: bool = Field(True, description="build xl/libxl/xenstored")
+    packages: bool = Field(True, description="package hypervisor and toolstack as .debs")
+    debug: bool = Field(False, description="a debug hypervisor (CONFIG_DEBUG)")
+    cmdline: str = Field("console=com1 com1=115200 dom0_mem=1024M,max:1024M",
+                         description="Xen command line used by images")
+
+
+class KernelSection(Model):
+    line: DirPath = Field(description="kernel line folder, e.g. ../kernel_patches/linux-6.1")
+    base: Literal["tinyconfig", "defconfig", "allnoconfig", "file"] = "tinyconfig"
+    base_config: FilePath | None = Field(None, description="the config file when base: file")
+    fragments: list[FragmentRef] = Field(
+        default_factory=list, description="fragment names from the line (base, dom0, domu) "
+        "or paths to .config files, merged in order")
+    patches: DirPath | None = Field(None, description="replace the line's patch series")
+    source: SourceSpec | None = Field(None, description="replace the line's pinned source")
+    package: bool = Field(True, description="build a linux-image .deb")
+    cmdline: str = Field("", description="kernel command line used by images")
+
+
+class Distro(Model):
+    name: Literal["debian"] = "debian"
+    release: Literal["bookworm"] = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = "http://deb.debian.org/debian-security"
+
+
+class ImageSection(Model):
+    role: Literal["dom0", "guest"]
+    distro: Distro = Field(default_factory=Distro)
+    kernel: Name | None = Field(None, description="a key of `kernels`")
+    elements: list[str] = Field(default_factory=list,
+                                description="extra diskimage-builder elements")
+    packages: list[str] = Field(default_factory=list, description="extra Debian packages")
+    size: SizeMiB = Field(4096, description="disk size, e.g. 4G")
+    formats: list[Format] = Field(default_factory=_formats, min_length=1)
+    firmware: list[Firmware] = Field(default_factory=_bios, min_length=1)
+    access: bool = Field(False, description="add an SSH access user with a per-build key")
+
+
+class GuestSection(Model):
+    name: Name
+    recipe: FilePath = Field(description="the guest's recipe, e.g. guest-pvh.yaml")
+    type: Literal["pv", "pvh"]
+    memory: int = Field(512, ge=64, le=65536, description="MiB")
+    vcpus: int = Field(1, ge=1, le=64)
+    autostart: bool = False
+    bridge: str = "xenbr0"
+
+
+class IsoSection(Model):
+    image: Name = Field(description="a key of `images` (a dom0 image)")
+    modes: list[IsoMode] = Field(default_factory=_iso_modes, min_length=1)
+    firmware: list[Firmware] = Field(default_factory=_both_firmwares, min_length=1)
+    label: str = Field("XENFORGE", pattern=r"^[A-Z0-9_]{1,32}$")
+
+
+class BootSettings(Model):
+    memory: int = Field(2048, ge=256, description="MiB of RAM for the QEMU machine")
+    cpus: int = Field(2, ge=1, le=64)
+    firmware: Firmware = "bios"
+    timeout: int = Field(900, ge=10, description="seconds until the VM must be ready")
+
+
+class TestsSection(Model):
+    builtin: list[Suite] = Field(default_factory=_suites)
+    suites: list[FilePath] = Field(default_factory=list, description="your testinfra files")
+    boot: BootSettings = Field(default_factory=BootSettings)
+    after_build: bool = Field(False, description="`xenforge build` also runs the tests")
+
+
+class Recipe(Model):
+    schema_: Literal[1] = Field(alias="schema", description="recipe format version")
+    name: Name | None = Field(None, description="defaults to the file name")
+    description: str = ""
+    extends: list[FilePath] = Field(default_factory=list,
+                                    description="recipes merged under this one, in order")
+    hypervisor: HypervisorSection | None = None
+    kernels: dict[Name, KernelSection] = Field(default_factory=dict)
+    images: dict[Name, ImageSection] = Field(default_factory=dict)
+    guests: list[GuestSection] = Field(default_factory=list)
+    iso: IsoSection | None = None
+    tests: TestsSection | None = None

@@ -1,0 +1,118 @@
+"""Load YAML keeping where every value came from (file and line).
+
+Scalars that are strings come back as :class:`Located` (a ``str`` that knows its file and
+line), so path fields can be resolved against the file that declared them, even after
+``extends`` merged several files. Every container's position is kept in a :class:`Origins`
+map from a field path (a tuple of keys and indexes) to (file, line), for error messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xenforge.errors import Problem
+
+Loc = tuple[str | int, ...]
+
+
+class Located(str):
+    """A string from a YAML file that remembers its file and line."""
+
+    file: Path
+    line: int
+
+    def __new__(cls, value: str, file: Path, line: int) -> Located:
+        obj = super().__new__(cls, value)
+        obj.file = file
+        obj.line = line
+        return obj
+
+
+class Origins(dict[Loc, tuple[Path, int]]):
+    """field path -> (file, line) of where it was last set."""
+
+    def find(self, loc: Loc) -> tuple[Path, int] | None:
+        """The position of ``loc`` or of its nearest ancestor that has one."""
+        for n in range(len(loc), -1, -1):
+            hit = self.get(loc[:n])
+            if hit is not None:
+                return hit
+        return None
+
+    def drop_below(self, loc: Loc) -> None:
+        for key in [k for k in self if k[: len(loc)] == loc and len(k) > len(loc)]:
+            del self[key]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct(node: yaml.Node, file: Path, loc: Loc, origins: Origins) -> Any:
+    origins[loc] = (file, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _Loader(b"").construct_object(key_node)  # plain scalar key
+            if isinstance(key, str) and key == "<<":
+                raise yaml.constructor.ConstructorError(
+                    None, None, "YAML merge keys (<<) are not supported; use extends:",
+                    key_node.start_mark)
+            if key in out:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            out[key] = _construct(value_node, file, (*loc, key), origins)
+            origins[(*loc, key)] = (file, key_node.start_mark.line + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, file, (*loc, i), origins) for i, v in enumerate(node.value)]
+    value = _Loader(b"").construct_object(node)
+    if isinstance(value, str):
+        return Located(value, file, node.start_mark.line + 1)
+    return value
+
+
+def load_yaml(file: Path) -> tuple[Any, Origins]:
+    """Parse one YAML file; raise a located :class:`Problem` list on syntax errors."""
+    origins = Origins()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise LoadError([Problem(file, None, "", "file not found",
+                                 "check the path (relative paths are relative to the file "
+                                 "that names them)")]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoadError([Problem(file, None, "", f"cannot read: {exc}")]) from exc
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        if node is None:
+            return {}, origins
+        return _construct(node, file, (), origins), origins
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        msg = f"YAML syntax error: {exc.problem or exc.context}"
+        raise LoadError([Problem(file, line, "", msg,
+                                 "fix the YAML syntax (indentation, colons, quotes)")]) from exc
+    except yaml.YAMLError as exc:
+        raise LoadError([Problem(file, None, "", f"YAML error: {exc}")]) from exc
+
+
+class LoadError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = problems
+
+
+def loc_text(loc: Loc) -> str:
+    """('guests', 1, 'memory') -> 'guests[1].memory'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
