@@ -31,6 +31,14 @@ class InputError(XenforgeError):
     exit_code = 2
 
 
+def _pretty(path: Path) -> Path:
+    """A path relative to the working directory when it is below it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 @dataclass
 class Problem:
     """One validation finding, located as precisely as we can."""
@@ -42,7 +50,7 @@ class Problem:
     hint: str = ""
 
     def render(self) -> str:
-        loc = f"{self.file}:{self.line}" if self.line else str(self.file)
+        loc = f"{_pretty(self.file)}:{self.line}" if self.line else str(_pretty(self.file))
         field_ = f" {self.path}:" if self.path else ""
         text = f"{loc}:{field_} {self.message}"
         return f"{text}\n    hint: {self.hint}" if self.hint else text
