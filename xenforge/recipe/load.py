@@ -30,10 +30,17 @@ class LoadedRecipe:
     guests: dict[str, LoadedRecipe] = field(default_factory=dict)  # guest name -> recipe
 
 
+#: mappings under these keys are one value each: an override replaces them whole (a source
+#: switched from url to apt must not keep the inherited url and sha256)
+REPLACED_WHOLE = frozenset({"source"})
+
+
 def merge(base: Any, top: Any, base_o: Origins, top_o: Origins, loc: Loc = ()) -> Any:
-    """Deep-merge ``top`` over ``base``: mappings merge key by key, anything else is replaced;
-    ``key: null`` in ``top`` removes the key (e.g. ``kernels: null`` drops inherited kernels)."""
-    if isinstance(base, dict) and isinstance(top, dict):
+    """Deep-merge ``top`` over ``base``: mappings merge key by key, anything else (and the
+    mappings named in REPLACED_WHOLE) is replaced; ``key: null`` in ``top`` removes the key
+    (e.g. ``kernels: null`` drops inherited kernels)."""
+    whole = bool(loc) and loc[-1] in REPLACED_WHOLE
+    if isinstance(base, dict) and isinstance(top, dict) and not whole:
         out = dict(base)
         for key, value in top.items():
             if value is None and key in base:
@@ -65,11 +72,11 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem]
         data, origins = load_yaml(file)
     except LoadError as exc:
         problems.extend(exc.problems)
-        return {}, Origins()
+        raise _Unreadable from exc
     if not isinstance(data, dict):
         problems.append(Problem(file, 1, "", "a recipe must be a mapping of sections",
                                 "start with `schema: 1` and sections such as `hypervisor:`"))
-        return {}, Origins()
+        raise _Unreadable
     extends = data.get("extends", [])
     if isinstance(extends, str):
         extends = [extends]
@@ -101,6 +108,11 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem]
     return _drop_nulls(merged), merged_o
 
 
+class _Unreadable(Exception):
+    """A file of the extends chain could not be read as a mapping (already reported):
+    validating what is left would only add misleading follow-on problems."""
+
+
 def _drop_nulls(value: Any) -> Any:
     """``key:`` with no value means "not set": the field's default applies."""
     if isinstance(value, dict):
@@ -122,7 +134,7 @@ def validate_model(model: type[M], data: Any, origins: Origins, file: Path,
 
 def _problem(model: type[BaseModel], err: Any, origins: Origins, file: Path,
              prefix: Loc) -> Problem:
-    loc: Loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+    loc = _data_loc(err["loc"], origins, last_is_field=err["type"] == "missing")
     pos = origins.find(loc)
     where, line = (pos if pos else (file, None))
     kind = err["type"]
@@ -160,10 +172,16 @@ def _problem(model: type[BaseModel], err: Any, origins: Origins, file: Path,
     return Problem(where, line, loc_text((*prefix, *loc)), msg, hint)
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic adds the chosen union member's name (e.g. 'UrlSource') or a type name to loc
-    return isinstance(part, str) and (part[:1].isupper() or "[" in part or part in
-                                      ("function-after", "function-before", "lax-or-strict"))
+def _data_loc(err_loc: tuple[Any, ...], origins: Origins, *, last_is_field: bool) -> Loc:
+    """pydantic's error location minus the names it adds for union members and validators
+    ('UrlSource', 'str', 'function-after[...]', '[key]'): a part is kept when it is a list
+    index, a key present in the YAML, or the missing field itself."""
+    loc: Loc = ()
+    for i, part in enumerate(err_loc):
+        last = i == len(err_loc) - 1
+        if isinstance(part, int) or (*loc, part) in origins or (last and last_is_field):
+            loc = (*loc, part)
+    return loc
 
 
 def _short(value: Any) -> str:
@@ -228,8 +246,24 @@ def load_recipe(file: Path, *, _stack: tuple[Path, ...] = ()) -> LoadedRecipe:
     problems: list[Problem] = []
     loaded = _load(file, problems, _stack)
     if problems or loaded is None:
-        raise ValidationFailed(problems)
+        raise ValidationFailed(_tidy(problems))
     return loaded
+
+
+def _tidy(problems: list[Problem]) -> list[Problem]:
+    """One problem per field (the first found is the most specific: the loader's own checks
+    run before the model's), grouped by file, in line order."""
+    seen: set[tuple[Path, int | None, str]] = set()
+    files: dict[Path, int] = {}
+    unique = []
+    for p in problems:
+        key = (p.file, p.line, p.path)
+        if p.path and key in seen:
+            continue
+        seen.add(key)
+        files.setdefault(p.file, len(files))
+        unique.append(p)
+    return sorted(unique, key=lambda p: (files[p.file], p.line or 0))
 
 
 def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...]) -> LoadedRecipe | None:
@@ -240,7 +274,10 @@ def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...]) -> Loade
         problems.append(Problem(file, None, "", "recipe not found",
                                 "give the path of a .yaml recipe, e.g. recipes/xen-host.yaml"))
         return None
-    data, origins = _read_with_extends(file, [], problems)
+    try:
+        data, origins = _read_with_extends(file, [], problems)
+    except _Unreadable:
+        return None
     recipe = validate_model(Recipe, data, origins, file, problems)
     if recipe is None:
         return None
