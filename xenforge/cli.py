@@ -34,12 +34,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from xenforge.recipe.model import Recipe
+    from xenforge.recipe.schema import recipe_schema
 
-    schema = Recipe.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "xenforge recipe"
-    print(json.dumps(schema, indent=2))
+    print(json.dumps(recipe_schema(), indent=2))
     return 0
 
 

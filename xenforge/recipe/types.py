@@ -7,7 +7,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from xenforge.recipe.yamlload import Located
 
@@ -62,7 +69,10 @@ def _size_mib(value: Any) -> Any:
 
 
 #: a size in MiB, written as 512M / 4G (or a plain number of MiB)
-SizeMiB = Annotated[int, BeforeValidator(_size_mib)]
+SizeMiB = Annotated[int, BeforeValidator(_size_mib), WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 0},
+              {"type": "string", "pattern": r"^\s*[0-9]+\s*(M|MiB|G|GiB)\s*$"}],
+    "description": "MiB, or a size such as 512M or 4G"})]
 
 
 def fragment_ref(value: Any) -> Any:
