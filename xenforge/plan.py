@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from xenforge.hashing import sha256_json, tree_hash
+from xenforge.patches import series_files
 from xenforge.recipe.load import LoadedRecipe
-from xenforge.sources import PathSource, SourceSpec
+from xenforge.sources import PathSource, SourceSpec, identity
 from xenforge.stages import get_stage
 
 
@@ -21,13 +22,16 @@ class Node:
     inputs: dict[str, str] = field(default_factory=dict)  # label -> node name
     files: dict[str, Path] = field(default_factory=dict)  # label -> file/dir; content hashed
     id: str = ""
+    #: what identifies the options when it differs from them (a URL mirror is not identity)
+    identity: dict[str, Any] | None = None
     file_hashes: dict[str, str] = field(default_factory=dict)
     input_ids: dict[str, str] = field(default_factory=dict)
     version: int = 0
 
     def key(self) -> dict[str, Any]:
         """Everything the id is computed from (also stored in the manifest and refs)."""
-        return {"stage": self.stage, "version": self.version, "options": self.options,
+        options = self.options if self.identity is None else self.identity
+        return {"stage": self.stage, "version": self.version, "options": options,
                 "inputs": self.input_ids, "files": self.file_hashes}
 
 
@@ -67,8 +71,12 @@ _hash_memo: dict[tuple[Path, float, int], str] = {}
 
 def _content_hash(path: Path) -> str:
     st = path.stat()
+    if path.is_dir() and (path / "series").is_file():
+        # a patch folder: only the series and the patches it lists count (a kernel line's
+        # folder also holds its .config fragments, which are inputs of other nodes)
+        return sha256_json([[p.name, tree_hash(p)] for p in series_files(path)])
     if path.is_dir():
-        return tree_hash(path)  # small folders (patches, elements): always rehash
+        return tree_hash(path)  # small folders (elements): always rehash
     memo = (path.resolve(), st.st_mtime, st.st_size)
     if memo not in _hash_memo:
         _hash_memo[memo] = tree_hash(path)
@@ -95,7 +103,7 @@ def _source_node(graph: Graph, name: str, spec: SourceSpec) -> Node:
         files["path"] = spec.path
         data["path"] = spec.path.name
     return graph.add(Node(name=f"source:{name}", stage="source", options={"spec": data},
-                          files=files))
+                          identity={"spec": identity(spec)}, files=files))
 
 
 def _tree_node(graph: Graph, name: str, spec: SourceSpec, patches: Path | None) -> Node:
