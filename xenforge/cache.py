@@ -179,8 +179,9 @@ class Cache:
 
     def gc(self, *, max_bytes: int | None = None, older_than: float | None = None,
            dry_run: bool = False) -> list[Entry]:
-        """Remove stale tmp/work dirs, then objects: unreferenced ones older than
-        ``older_than`` seconds, then least recently used until under ``max_bytes``."""
+        """Remove stale tmp/work dirs, then objects: those older than ``older_than`` seconds,
+        then the least recently used until under ``max_bytes``. The latest build of every
+        recipe's node (``refs/``) is always kept, even if the cache stays over the size."""
         removed: list[Entry] = []
         for stale in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
             node_id = stale.name.split(".")[0]
@@ -191,7 +192,9 @@ class Cache:
         now = time.time()
         total = sum(e.size for e in entries)
         for e in entries:  # least recently used first
-            too_old = older_than is not None and e.id not in keep and now - e.used > older_than
+            if e.id in keep:
+                continue
+            too_old = older_than is not None and now - e.used > older_than
             too_big = max_bytes is not None and total > max_bytes
             if too_old or too_big:
                 if not dry_run:

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("ls", help="list cached nodes, least recently used first")
     csub.add_parser("du", help="disk use by stage")
     gc = csub.add_parser("gc", help="remove stale and old entries")
-    gc.add_argument("--max-size", help="shrink to this size, least recently used first")
+    gc.add_argument("--max-size", help="shrink to this size, least recently used first "
+                    "(the latest build of each recipe's nodes is kept)")
     gc.add_argument("--older-than", type=float, metavar="DAYS",
                     help="remove entries not used for DAYS and not the latest of any recipe")
     gc.add_argument("--dry-run", action="store_true")
