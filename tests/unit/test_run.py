@@ -1,0 +1,161 @@
+"""The subprocess runner: logs, failures, timeouts that kill the whole group, clean env."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xenforge import run as runner
+from xenforge.errors import CommandFailed, XenforgeError
+
+
+@pytest.fixture(autouse=True)
+def _not_cancelled() -> Iterator[None]:
+    yield
+    runner._cancelled.clear()  # kill_all() is process-wide; later tests must run commands
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    """True once ``pid`` no longer runs (missing, or a zombie waiting for init)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_output_and_command_line_go_to_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "node.log"
+    res = runner.run(["sh", "-c", "echo to-stdout; echo to-stderr >&2", "arg with space"],
+                     log=log, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout == ""  # not captured: it went to the log
+    text = log.read_text()
+    assert "$ sh -c 'echo to-stdout; echo to-stderr >&2' 'arg with space'" in text
+    assert f"# in {tmp_path}" in text
+    assert "to-stdout\n" in text and "to-stderr\n" in text
+    assert "[xenforge] exit 0 after" in text
+    runner.run(["echo", "second"], log=log)
+    text = log.read_text()
+    assert text.index("to-stdout") < text.index("$ echo second") < text.index("second\n[")
+
+
+def test_failure_raises_command_failed_with_code_tail_and_log(tmp_path: Path) -> None:
+    log = tmp_path / "node.log"
+    script = "for i in $(seq 1 40); do echo line$i; done; echo boom >&2; exit 3"
+    with pytest.raises(CommandFailed) as info:
+        runner.run(["sh", "-c", script], log=log)
+    err = info.value
+    assert err.returncode == 3
+    assert err.argv == ["sh", "-c", script]
+    assert err.log == log
+    assert err.tail[-1] == "boom"
+    assert err.tail[0] == f"line{40 - runner.TAIL_LINES + 2}"
+    assert len(err.tail) == runner.TAIL_LINES
+    text = err.render()
+    assert "command failed with exit code 3: sh -c" in text
+    assert "| boom" in text
+    assert f"full log: {log}" in text
+    assert err.exit_code == 1
+    assert "line1\n" in log.read_text() and "[xenforge] exit 3 after" in log.read_text()
+
+
+def test_check_false_returns_the_code(tmp_path: Path) -> None:
+    res = runner.run(["sh", "-c", "exit 7"], check=False)
+    assert res.returncode == 7
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    start = time.monotonic()
+    with pytest.raises(CommandFailed) as info:
+        runner.run(["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"], timeout=1,
+                   log=tmp_path / "log")
+    assert time.monotonic() - start < 20
+    assert info.value.returncode < 0
+    assert "timed out after 1s" in info.value.tail[-1]
+    assert _gone(int(pidfile.read_text())), "the child sleep survived the timeout"
+
+
+def test_timeout_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    with pytest.raises(CommandFailed):
+        runner.run(["sh", "-c", f"trap '' TERM; sleep 300 & echo $! > {pidfile}; wait"],
+                   timeout=1)
+    assert _gone(int(pidfile.read_text()), within=2)
+
+
+def test_clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XENFORGE_TEST_LEAK", "secret")
+    monkeypatch.setenv("PATH", "/somewhere/else:" + os.environ["PATH"])
+    monkeypatch.setenv("CC", "clang")
+    env = dict(line.split("=", 1) for line in
+               runner.run(["env"], capture=True).stdout.splitlines())
+    assert set(env) <= {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "SOURCE_DATE_EPOCH"}
+    assert env["PATH"] == runner.CLEAN_PATH
+    assert env["LC_ALL"] == "C.UTF-8"
+    assert "XENFORGE_TEST_LEAK" not in env and "CC" not in env
+    extra = runner.run(["env"], capture=True, env={"CCACHE_DIR": "/x"}).stdout
+    assert "CCACHE_DIR=/x\n" in extra
+    inherited = runner.run(["env"], capture=True, inherit_env=True).stdout
+    assert "XENFORGE_TEST_LEAK=secret\n" in inherited
+
+
+def test_capture_returns_stdout_and_logs_stderr(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    res = runner.run(["sh", "-c", "printf 'a\\nb'; echo note >&2"], capture=True, log=log)
+    assert res.stdout == "a\nb"
+    assert "note" not in res.stdout
+    text = log.read_text()
+    assert "note\n" in text and "a\n" not in text  # stdout is the result, not log noise
+
+
+def test_capture_failure_tail_has_stderr(tmp_path: Path) -> None:
+    with pytest.raises(CommandFailed) as info:
+        runner.run(["sh", "-c", "echo out; echo why-it-failed >&2; exit 1"], capture=True)
+    assert info.value.tail == ["why-it-failed"]
+
+
+def test_stdin_data() -> None:
+    assert runner.run(["cat"], capture=True, stdin_data=b"fed\n").stdout == "fed\n"
+
+
+def test_missing_command_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(XenforgeError) as info:
+        runner.run(["xenforge-no-such-tool"], log=tmp_path / "log")
+    assert "command not found: xenforge-no-such-tool" in info.value.message
+    assert "setup-host.sh" in info.value.hint
+
+
+def test_kill_all_stops_running_commands_and_refuses_new_ones(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    caught: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            runner.run(["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"])
+        except BaseException as exc:  # handed to the test thread
+            caught.append(exc)
+
+    t = threading.Thread(target=build)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    runner.kill_all()
+    t.join(timeout=20)
+    assert not t.is_alive()
+    assert caught and isinstance(caught[0], CommandFailed)
+    assert _gone(int(pidfile.read_text()))
+    with pytest.raises(runner.Interrupted):
+        runner.run(["true"])
