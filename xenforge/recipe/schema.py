@@ -36,7 +36,8 @@ def recipe_schema() -> dict[str, Any]:
 def _nullable(sub: dict[str, Any]) -> dict[str, Any]:
     if sub.get("type") == "null" or NULL in sub.get("anyOf", []):
         return sub
-    meta = {k: sub.pop(k) for k in ("title", "description", "default") if k in sub}
+    meta: dict[str, Any] = {k: sub.pop(k) for k in ("title", "description", "default")
+                            if k in sub}
     return {"anyOf": [sub, NULL], **meta}
 
 
