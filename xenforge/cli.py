@@ -82,6 +82,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     graph = _plan(args)
+    if args.target:
+        graph = graph.only(args.target)
     cache = _cache(args)
     logs = cache.root / "logs" / graph.recipe
     progress = Progress(quiet=args.quiet, plain=True if args.plain else None,
@@ -172,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("recipe", metavar="RECIPE")
     b.add_argument("-j", "--jobs", type=int, default=None, help="parallel jobs (default: cores)")
     b.add_argument("-o", "--out", default="out", help="artifact directory (default: ./out)")
+    b.add_argument("-t", "--target", action="append", metavar="NODE",
+                   help="build only NODE and the nodes it needs (repeatable; names as "
+                        "`xenforge plan` shows them); out/RECIPE/ then holds their artifacts")
     b.add_argument("-q", "--quiet", action="store_true", help="only errors")
     b.add_argument("--plain", action="store_true", help="plain log lines, no live view")
     b.set_defaults(func=_cmd_build)

@@ -3,10 +3,12 @@ its version, its options, the ids of the nodes it consumes and the content of it
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xenforge.errors import InputError
 from xenforge.hashing import sha256_json, tree_hash
 from xenforge.patches import series_files
 from xenforge.recipe.load import LoadedRecipe
@@ -56,6 +58,24 @@ class Graph:
             if any(dep in out for dep in n.inputs.values()):
                 out.add(n.name)
         return out
+
+    def upstream(self, name: str) -> set[str]:
+        """``name`` and every node it consumes, directly or not."""
+        out = {name}
+        for n in reversed(self.nodes.values()):  # reverse dependency order: one pass
+            if n.name in out:
+                out.update(n.inputs.values())
+        return out
+
+    def only(self, targets: Iterable[str]) -> Graph:
+        """The part of the graph that ``targets`` need (``xenforge build --target``)."""
+        targets = list(targets)
+        unknown = [t for t in targets if t not in self.nodes]
+        if unknown:
+            raise InputError(f"recipe {self.recipe} has no node {', '.join(unknown)}",
+                             hint=f"its nodes: {', '.join(self.nodes)} (see `xenforge plan`)")
+        keep = set().union(*(self.upstream(t) for t in targets))
+        return Graph(self.recipe, {k: n for k, n in self.nodes.items() if k in keep})
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "nodes": [
