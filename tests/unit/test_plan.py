@@ -1,0 +1,231 @@
+"""The planner: recipe -> graph of nodes whose ids are a hash chain over stage, version,
+options, input ids and the content of input files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xenforge import cli
+from xenforge.build import Executor
+from xenforge.cache import Cache
+from xenforge.plan import Graph, explain_change, plan
+from xenforge.progress import Progress
+from xenforge.recipe.load import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "recipes" / "fixtures"
+
+#: two kernels of one line (sharing its source and tree), path and named fragments
+TWO_KERNELS = """\
+schema: 1
+name: two-kernels
+kernels:
+  dom0:
+    line: kernel_patches/mini
+    fragments: [base, dom0, extra.config]
+  guest:
+    line: kernel_patches/mini
+    fragments: [base, domu]
+"""
+
+
+@pytest.fixture
+def fx(tmp_path: Path) -> Path:
+    """A private copy of the fixtures (tests edit files in it)."""
+    dest = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, dest)
+    (dest / "two-kernels.yaml").write_text(TWO_KERNELS)
+    return dest
+
+
+def _plan(recipe: Path) -> Graph:
+    return plan(load_recipe(recipe))
+
+
+def _ids(g: Graph) -> dict[str, str]:
+    return {name: n.id for name, n in g.nodes.items()}
+
+
+def _changed(before: Graph, after: Graph) -> set[str]:
+    assert before.nodes.keys() == after.nodes.keys()
+    return {name for name in before.nodes if before.nodes[name].id != after.nodes[name].id}
+
+
+def test_graph_shape(fx: Path) -> None:
+    g = _plan(fx / "two-kernels.yaml")
+    assert list(g.nodes) == ["source:mini", "tree:mini", "kernel:dom0", "kernel:guest"]
+    assert g.nodes["tree:mini"].inputs == {"source": "source:mini"}
+    assert g.nodes["kernel:dom0"].inputs == {"tree": "tree:mini"}
+    assert g.nodes["kernel:guest"].inputs == {"tree": "tree:mini"}
+    assert g.nodes["source:mini"].files == {"path": fx / "src" / "linux-mini"}
+    dom0 = g.nodes["kernel:dom0"]
+    line = fx / "kernel_patches" / "mini"
+    assert list(dom0.files.values()) == [line / "base.config", line / "dom0.config",
+                                         fx / "extra.config"]
+    assert all(len(n.id) == 64 for n in g.nodes.values())
+    assert len({n.id for n in g.nodes.values()}) == 4
+    assert g.downstream("tree:mini") == {"tree:mini", "kernel:dom0", "kernel:guest"}
+    assert g.downstream("source:mini") == set(g.nodes)
+    assert g.downstream("kernel:guest") == {"kernel:guest"}
+
+
+def test_ids_are_stable_across_plans_and_processes(fx: Path) -> None:
+    first = _ids(_plan(fx / "two-kernels.yaml"))
+    assert _ids(_plan(fx / "two-kernels.yaml")) == first
+    # a fresh interpreter (other hash seed, no memo) computes the same ids
+    proc = subprocess.run(
+        [sys.executable, "-m", "xenforge.cli", "plan", "--json", str(fx / "two-kernels.yaml")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO),
+             "XENFORGE_CACHE_DIR": str(fx.parent / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert {n["name"]: n["id"] for n in json.loads(proc.stdout)["nodes"]} == first
+
+
+def test_ids_do_not_depend_on_where_the_checkout_is(fx: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "another" / "checkout"
+    shutil.copytree(fx, elsewhere)
+    assert _ids(_plan(elsewhere / "two-kernels.yaml")) == _ids(_plan(fx / "two-kernels.yaml"))
+
+
+@pytest.mark.parametrize("edited,consumers", [
+    ("kernel_patches/mini/dom0.config", ["kernel:dom0"]),
+    ("kernel_patches/mini/domu.config", ["kernel:guest"]),
+    ("kernel_patches/mini/base.config", ["kernel:dom0", "kernel:guest"]),
+    ("extra.config", ["kernel:dom0"]),
+    ("kernel_patches/mini/0001-add-option.patch", ["tree:mini"]),
+    ("kernel_patches/mini/series", ["tree:mini"]),
+    ("src/linux-mini/Makefile", ["source:mini"]),
+])
+def test_an_edit_changes_exactly_the_ids_downstream(fx: Path, edited: str,
+                                                    consumers: list[str]) -> None:
+    before = _plan(fx / "two-kernels.yaml")
+    with open(fx / edited, "a") as f:
+        f.write("# edited\n")
+    after = _plan(fx / "two-kernels.yaml")
+    expected = set().union(*(before.downstream(c) for c in consumers))
+    assert _changed(before, after) == expected
+
+
+def test_files_beside_the_series_that_it_does_not_list_do_not_change_the_tree(fx: Path
+                                                                                ) -> None:
+    """line.yaml and the fragments live in the patch folder (patches: .) but are not
+    patches: the tree does not depend on them."""
+    before = _plan(fx / "two-kernels.yaml")
+    (fx / "kernel_patches" / "mini" / "NOTES.txt").write_text("not a patch\n")
+    assert _changed(before, _plan(fx / "two-kernels.yaml")) == set()
+
+
+def test_an_option_change_changes_its_node_and_below(fx: Path) -> None:
+    before = _plan(fx / "two-kernels.yaml")
+    text = TWO_KERNELS.replace("    fragments: [base, domu]",
+                               "    fragments: [base, domu]\n    base: defconfig")
+    (fx / "two-kernels.yaml").write_text(text)
+    after = _plan(fx / "two-kernels.yaml")
+    assert _changed(before, after) == {"kernel:guest"}
+    assert explain_change(after.nodes["kernel:guest"],
+                          {"key": before.nodes["kernel:guest"].key()}) == "options changed: base"
+
+
+def test_touching_without_editing_changes_nothing(fx: Path) -> None:
+    before = _plan(fx / "two-kernels.yaml")
+    for f in fx.rglob("*"):
+        f.touch()
+    assert _changed(before, _plan(fx / "two-kernels.yaml")) == set()
+
+
+def test_explain_change() -> None:
+    from xenforge.plan import Node
+
+    node = Node(name="tree:x", stage="tree", version=2, options={"a": 1},
+                input_ids={"source": "s2"}, file_hashes={"patches": "p2"})
+    assert explain_change(node, None) == "never built"
+    old = {"key": {"stage": "tree", "version": 1, "options": {"a": 0},
+                   "inputs": {"source": "s1"}, "files": {"patches": "p2"}}}
+    why = explain_change(node, old)
+    assert "stage version 1 -> 2" in why
+    assert "options changed: a" in why
+    assert "input source changed" in why
+    assert "patches" not in why
+    assert explain_change(node, {"key": node.key()}) == \
+        "previous output was removed from the cache"
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+def test_plan_json(fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    code = cli.main(["--cache-dir", str(cache), "plan", "--json", str(fx / "two-kernels.yaml")])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recipe"] == "two-kernels"
+    nodes = {n["name"]: n for n in data["nodes"]}
+    assert list(nodes) == ["source:mini", "tree:mini", "kernel:dom0", "kernel:guest"]
+    assert nodes["kernel:dom0"]["inputs"] == {"tree": "tree:mini"}
+    assert nodes["kernel:dom0"]["stage"] == "kernel"
+    assert all(n["cached"] is False for n in nodes.values())
+    assert set(nodes["kernel:guest"]["file_hashes"]) == set(nodes["kernel:guest"]["files"])
+    assert _ids(_plan(fx / "two-kernels.yaml")) == {k: v["id"] for k, v in nodes.items()}
+
+
+def test_plan_of_a_broken_recipe_is_an_input_error(capsys: pytest.CaptureFixture[str]) -> None:
+    broken = REPO / "tests" / "recipes" / "broken" / "bad-size.yaml"
+    assert cli.main(["plan", str(broken)]) == 2
+    assert "images.guest.size" in capsys.readouterr().err
+
+
+def _plan_lines(cache: Path, recipe: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    assert cli.main(["--cache-dir", str(cache), "plan", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    lines = {}
+    for ln in out.splitlines()[1:]:
+        name = ln.split()[0]
+        lines[name] = ln
+    return lines
+
+
+def test_plan_says_never_built_then_cached_then_what_changed(
+        fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = fx / "two-kernels.yaml"
+    cache_dir = tmp_path / "cache"
+    lines = _plan_lines(cache_dir, recipe, capsys)
+    assert all("build: never built" in ln for ln in lines.values())
+
+    # build the source and the tree (the kernel stage would compile Linux)
+    graph = _plan(recipe)
+    cache = Cache(cache_dir)
+    sub = graph.only(["tree:mini"])
+    results = Executor(sub, cache, Progress(quiet=True), jobs=2).run()
+    assert {r.status for r in results.values()} == {"built"}, results
+
+    lines = _plan_lines(cache_dir, recipe, capsys)
+    assert "cached" in lines["source:mini"] and "cached" in lines["tree:mini"]
+    assert "never built" in lines["kernel:dom0"]
+
+    with open(fx / "kernel_patches" / "mini" / "0001-add-option.patch", "a") as f:
+        f.write("\n")
+    lines = _plan_lines(cache_dir, recipe, capsys)
+    assert lines["source:mini"].endswith("cached")
+    assert "build: file patches changed" in lines["tree:mini"]
+
+    (fx / "src" / "linux-mini" / "Makefile").write_text("VERSION = 7\n")
+    lines = _plan_lines(cache_dir, recipe, capsys)
+    assert "file path changed" in lines["source:mini"]
+    assert "input source changed" in lines["tree:mini"]
+
+
+def test_a_same_size_edit_right_after_a_plan_is_seen(fx: Path) -> None:
+    """Content hashes may be memoised within a process, but never across an edit, even one
+    that keeps the size and lands within the file system's timestamp granularity."""
+    frag = fx / "kernel_patches" / "mini" / "dom0.config"
+    for _ in range(20):
+        before = _plan(fx / "two-kernels.yaml")
+        text = frag.read_text()
+        frag.write_text(text.replace("=y", "=n") if "=y" in text else text.replace("=n", "=y"))
+        assert _changed(before, _plan(fx / "two-kernels.yaml")) == {"kernel:dom0"}
