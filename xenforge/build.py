@@ -46,6 +46,9 @@ class Executor:
         return self.logs_dir / f"{node.name.replace(':', '-').replace('/', '_')}.log"
 
     def run(self) -> dict[str, NodeResult]:
+        orphans = runner.stop_orphans(self.cache.orphaned)
+        if orphans:
+            self.progress.line(f"stopped {len(orphans)} process(es) a killed build left running")
         pending = dict(self.graph.nodes)
         failed = False
         with cf.ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
@@ -109,7 +112,8 @@ class Executor:
                             for label, dep in node.inputs.items()},
                     files=dict(node.files), out=staging / "out", work=work, log=log,
                     cache=self.cache, jobs=self.jobs)
-                stage.run(ctx)
+                with runner.owned_by(str(self.cache.lock_file(node.id))):
+                    stage.run(ctx)
                 seconds = time.monotonic() - start
                 shutil.copyfile(log, staging / "log")
                 manifest = {"node": node.name, "id": node.id, "stage": node.stage,

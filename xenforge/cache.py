@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xenforge import run as runner
 from xenforge.errors import InputError
 
 
@@ -92,12 +93,23 @@ class Cache:
     @contextlib.contextmanager
     def lock(self, node_id: str) -> Iterator[None]:
         """Hold the node's lock: one build of a node at a time, across processes."""
-        with open(self.locks_dir / f"{node_id}.lock", "a") as f:
+        with open(self.lock_file(node_id), "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def lock_file(self, node_id: str) -> Path:
+        return self.locks_dir.resolve() / f"{node_id}.lock"
+
+    def orphaned(self, lock_file: str) -> bool:
+        """True if ``lock_file`` is one of this cache's node locks and nobody holds it: the
+        build that started a command marked with it is dead (see run.stop_orphans)."""
+        path = Path(lock_file)
+        if path.parent != self.locks_dir.resolve() or not path.name.endswith(".lock"):
+            return False  # another cache's build, or not a build at all
+        return self._unlocked(path.name.removesuffix(".lock"))
 
     @contextlib.contextmanager
     def staging(self, node_id: str) -> Iterator[Path]:
@@ -183,6 +195,8 @@ class Cache:
         then the least recently used until under ``max_bytes``. The latest build of every
         recipe's node (``refs/``) is always kept, even if the cache stays over the size."""
         removed: list[Entry] = []
+        if not dry_run:
+            runner.stop_orphans(self.orphaned)  # commands of dead builds writing in there
         for stale in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
             node_id = stale.name.split(".")[0]
             if self._unlocked(node_id) and not dry_run:

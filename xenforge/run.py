@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import os
 import shlex
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -31,6 +32,13 @@ TAIL_LINES = 25
 _live: set[subprocess.Popen[bytes]] = set()
 _live_lock = threading.Lock()
 _cancelled = threading.Event()
+
+#: Every command started on behalf of an owner (a node being built) carries this variable,
+#: inherited by all its descendants. A SIGKILLed xenforge cannot stop its commands (they run
+#: in their own process group); the next build finds them by it (:func:`stop_orphans`).
+OWNER_VAR = "XENFORGE_OWNER"
+_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("xenforge_owner",
+                                                                     default=None)
 
 
 class Interrupted(XenforgeError):
@@ -98,6 +106,9 @@ def run(
     full_env = dict(os.environ) if inherit_env else base_env()
     if env:
         full_env.update(env)
+    owner = _owner.get()
+    if owner is not None:
+        full_env[OWNER_VAR] = owner
     logf: IO[str] | None = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +184,51 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@contextlib.contextmanager
+def owned_by(owner: str) -> Iterator[None]:
+    """Mark the commands this thread starts as ``owner``'s (e.g. a node's lock file)."""
+    token = _owner.set(owner)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
+
+
+def stop_orphans(is_orphaned: Callable[[str], bool], wait: float = 5.0) -> list[int]:
+    """Kill the processes whose owner ``is_orphaned`` says is dead; return their pids."""
+    by_owner: dict[str, list[int]] = {}
+    prefix = f"{OWNER_VAR}=".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(os.path.join(entry.path, "environ"), "rb") as f:
+                environ = f.read()
+        except OSError:  # gone, or not ours to read
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(prefix):
+                owner = item[len(prefix):].decode("utf-8", "replace")
+                by_owner.setdefault(owner, []).append(int(entry.name))
+    killed = [pid for owner, pids in by_owner.items() if is_orphaned(owner) for pid in pids]
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while any(_running(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return killed
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def kill_all() -> None:
