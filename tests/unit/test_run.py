@@ -159,3 +159,22 @@ def test_kill_all_stops_running_commands_and_refuses_new_ones(tmp_path: Path) ->
     assert _gone(int(pidfile.read_text()))
     with pytest.raises(runner.Interrupted):
         runner.run(["true"])
+
+
+def test_commands_carry_their_owner_and_orphans_are_stopped(tmp_path: Path) -> None:
+    with runner.owned_by("/locks/node.lock"):
+        env = runner.run(["env"], capture=True).stdout
+    assert f"{runner.OWNER_VAR}=/locks/node.lock\n" in env
+    assert runner.OWNER_VAR not in runner.run(["env"], capture=True).stdout
+
+    pidfile = tmp_path / "pid"
+    with runner.owned_by(f"test-{os.getpid()}-dead"):
+        # a daemon that outlives its command, as a killed build's commands do
+        runner.run(["sh", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}"])
+    pid = int(pidfile.read_text())
+    assert not _gone(pid, within=0.2)
+    assert runner.stop_orphans(lambda owner: False) == []
+    assert not _gone(pid, within=0.2)
+    killed = runner.stop_orphans(lambda owner: owner == f"test-{os.getpid()}-dead")
+    assert killed == [pid]
+    assert _gone(pid, within=1)

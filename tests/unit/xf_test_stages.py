@@ -56,5 +56,42 @@ class FailStage(Stage):
         ctx.run(["sh", "-c", "echo compiling; echo 'error: it broke' >&2; exit 4"])
 
 
+class PackOptions(StageOptions):
+    pass
+
+
+class PackStage(Stage):
+    """Packs a tree node's output into artifacts (a tarball and a listing), with tar."""
+
+    name: ClassVar[str] = "pack-test"
+    version: ClassVar[int] = 1
+    Options: ClassVar[type[StageOptions]] = PackOptions
+    artifacts: ClassVar[tuple[str, ...]] = ("tree.tar", "files.txt", "missing-*.bin")
+
+    def run(self, ctx: StageContext) -> None:
+        tree = ctx.inputs["tree"] / "tree"
+        ctx.run(["tar", "--sort=name", "--mtime=@0", "--owner=0", "--group=0",
+                 "-cf", ctx.out / "tree.tar", "-C", tree, "."])
+        names = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+        (ctx.out / "files.txt").write_text("".join(f"{n}\n" for n in names))
+
+
+class HangOptions(StageOptions):
+    pidfile: str
+
+
+class HangStage(Stage):
+    """Starts a command whose child runs for minutes (a stand-in for `make -j`)."""
+
+    name: ClassVar[str] = "hang-test"
+    version: ClassVar[int] = 1
+    Options: ClassVar[type[StageOptions]] = HangOptions
+
+    def run(self, ctx: StageContext) -> None:
+        opts: HangOptions = ctx.options
+        ctx.run(["sh", "-c", f"sleep 300 & echo $! > {opts.pidfile}; wait"])
+
+
 #: register with monkeypatch.setitem(xenforge.stages.REGISTRY, name, target)
-TEST_STAGES = {"slow-test": f"{__name__}:SlowStage", "fail-test": f"{__name__}:FailStage"}
+TEST_STAGES = {"slow-test": f"{__name__}:SlowStage", "fail-test": f"{__name__}:FailStage",
+               "pack-test": f"{__name__}:PackStage", "hang-test": f"{__name__}:HangStage"}

@@ -1,0 +1,387 @@
+"""End to end through the engine with the real `source` and `tree` stages: builds, the cache,
+exported artifacts, and a build killed with SIGKILL in the middle of a node."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import xf_test_stages
+
+from xenforge import cli
+from xenforge import stages as stage_registry
+from xenforge.artifacts import export
+from xenforge.build import Executor
+from xenforge.cache import Cache
+from xenforge.hashing import sha256_file
+from xenforge.plan import Graph, Node, compute_ids, plan
+from xenforge.progress import Progress
+from xenforge.recipe.load import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "recipes" / "fixtures"
+XENFORGE = REPO / ".venv" / "bin" / "xenforge"
+
+
+@pytest.fixture
+def fx(tmp_path: Path) -> Path:
+    dest = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, dest)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def _keep_sigterm() -> Iterator[None]:
+    handler = signal.getsignal(signal.SIGTERM)  # cli.main installs its own
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _build_sections(build_log: Path, recipe: str) -> list[str]:
+    """The build log, one string per `xenforge build` run."""
+    text = build_log.read_text()
+    parts = text.split(f"] build {recipe}: ")
+    return parts[1:]
+
+
+def test_second_build_runs_no_node(fx: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cache_dir, out = tmp_path / "cache", tmp_path / "out"
+    argv = ["--cache-dir", str(cache_dir), "build", str(fx / "kernel.yaml"),
+            "--target", "tree:mini", "-o", str(out), "--plain"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "mini-kernel: 2 built, 0 cached" in first
+
+    graph = plan(load_recipe(fx / "kernel.yaml"))
+    cache = Cache(cache_dir)
+    tree = cache.out(graph.nodes["tree:mini"].id) / "tree"
+    kconfig = (tree / "init" / "Kconfig").read_text()
+    assert "config XENFORGE_TEST" in kconfig  # the series was applied
+    assert (tree / "Makefile").read_text() == (fx / "src/linux-mini/Makefile").read_text()
+    assert not (tree / "line.yaml").exists()
+    src = json.loads((cache.out(graph.nodes["source:mini"].id) / "source.json").read_text())
+    assert src["kind"] == "path" and src["primary"] == "linux-mini"
+
+    assert cli.main(argv) == 0
+    second = capsys.readouterr().out
+    assert "mini-kernel: 0 built, 2 cached" in second
+    build_log = cache_dir / "logs" / "mini-kernel" / "build.log"
+    runs = _build_sections(build_log, "mini-kernel")
+    assert len(runs) == 2
+    assert "start  source:mini" in runs[0] and "built  tree:mini" in runs[0]
+    for name in ("source:mini", "tree:mini"):
+        assert f"cached {name}  {graph.nodes[name].id[:12]}" in runs[1]
+    assert "start " not in runs[1] and "built " not in runs[1]
+
+    manifest = json.loads((out / "mini-kernel" / "manifest.json").read_text())
+    assert {n["name"]: (n["id"], n["status"]) for n in manifest["nodes"]} == {
+        "source:mini": (graph.nodes["source:mini"].id, "cached"),
+        "tree:mini": (graph.nodes["tree:mini"].id, "cached")}
+    assert (out / "mini-kernel" / "SHA256SUMS").read_text() == ""  # no artifacts declared
+
+
+def test_unknown_target_is_an_input_error(fx: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["--cache-dir", str(tmp_path / "c"), "build", str(fx / "kernel.yaml"),
+                     "--target", "tree:nope", "-o", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "has no node tree:nope" in err and "source:mini, tree:mini, kernel:dom0" in err
+
+
+def test_exported_artifacts_match_sha256sums_and_manifest(
+        fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, target in xf_test_stages.TEST_STAGES.items():
+        monkeypatch.setitem(stage_registry.REGISTRY, name, target)
+    full = plan(load_recipe(fx / "kernel.yaml"))
+    graph = full.only(["tree:mini"])
+    graph.add(Node(name="pack", stage="pack-test", inputs={"tree": "tree:mini"}))
+    compute_ids(graph)
+    assert graph.nodes["tree:mini"].id == full.nodes["tree:mini"].id
+    cache = Cache(tmp_path / "cache")
+    dest = tmp_path / "out" / graph.recipe
+    for round_ in range(2):
+        results = Executor(graph, cache, Progress(quiet=True), jobs=2).run()
+        assert {r.status for r in results.values()} == {"built" if round_ == 0 else "cached"}
+        artifacts = export(graph, results, cache, dest)
+        assert sorted(a.path.as_posix() for a in artifacts) == ["pack/files.txt",
+                                                                "pack/tree.tar"]
+        sums = {}
+        for line in (dest / "SHA256SUMS").read_text().splitlines():
+            digest, name = line.split("  ", 1)
+            sums[name] = digest
+        assert sums == {a.path.as_posix(): sha256_file(dest / a.path) for a in artifacts}
+        manifest = json.loads((dest / "manifest.json").read_text())
+        assert manifest["recipe"] == "mini-kernel"
+        assert {a["path"]: a["sha256"] for a in manifest["artifacts"]} == sums
+        assert {a["path"]: a["size"] for a in manifest["artifacts"]} == \
+            {p: (dest / p).stat().st_size for p in sums}
+        assert [n["name"] for n in manifest["nodes"]] == ["source:mini", "tree:mini", "pack"]
+        assert sorted(p.name for p in dest.iterdir()) == ["SHA256SUMS", "manifest.json",
+                                                          "pack"]
+    listing = (dest / "pack" / "files.txt").read_text().split()
+    assert listing == ["Makefile", "init/Kconfig"]
+    with tarfile.open(dest / "pack" / "tree.tar") as tar:
+        member = tar.extractfile("./init/Kconfig")
+        assert member is not None and b"XENFORGE_TEST" in member.read()
+    assert not list(dest.parent.glob(".*"))  # no staging/old export dirs left
+
+
+# -- killed in the middle of a node ----------------------------------------------------------
+
+def _tarball(src: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src, arcname="linux-mini")
+        pad = tarfile.TarInfo("linux-mini/padding.bin")
+        data = os.urandom(1 << 20)  # incompressible: the transfer takes several chunks
+        pad.size = len(data)
+        tar.addfile(pad, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class _Server:
+    """Serves one file; while ``stall`` is set, sends half of it and blocks until
+    ``release`` (then sends the rest, if the client is still there)."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.stall = threading.Event()
+        self.half_sent = threading.Event()
+        self.release = threading.Event()
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server.payload)))
+                self.end_headers()
+                try:
+                    if server.stall.is_set():
+                        self.wfile.write(server.payload[: len(server.payload) // 2])
+                        self.wfile.flush()
+                        server.half_sent.set()
+                        server.release.wait(60)
+                        self.wfile.write(server.payload[len(server.payload) // 2:])
+                        return
+                    self.wfile.write(server.payload)
+                except OSError:
+                    pass  # the client was killed
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_sigkill_in_the_middle_of_a_node_leaves_nothing_that_is_reused(fx: Path,
+                                                                       tmp_path: Path) -> None:
+    if not XENFORGE.exists():
+        pytest.skip(f"{XENFORGE} is missing: run ci/setup-host.sh")
+    payload = _tarball(fx / "src" / "linux-mini")
+    sha = hashlib.sha256(payload).hexdigest()
+    server = _Server(payload)
+    try:
+        line = fx / "kernel_patches" / "mini" / "line.yaml"
+        line.write_text(line.read_text().replace(
+            "source:\n  path: ../../src/linux-mini\n",
+            f"source:\n  url: http://127.0.0.1:{server.port}/linux-mini.tar.gz\n"
+            f"  sha256: {sha}\n"))
+        recipe = fx / "kernel.yaml"
+        graph = plan(load_recipe(recipe))
+        src_id, tree_id = graph.nodes["source:mini"].id, graph.nodes["tree:mini"].id
+        cache_dir, out = tmp_path / "cache", tmp_path / "out"
+        argv = [str(XENFORGE), "--cache-dir", str(cache_dir), "build", str(recipe),
+                "--target", "tree:mini", "-o", str(out), "--plain"]
+
+        server.stall.set()
+        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        try:
+            assert server.half_sent.wait(60), "the build never started downloading"
+            staging = list((cache_dir / "tmp").glob(f"{src_id}.*"))
+            assert len(staging) == 1, "the source node is not running"
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        cache = Cache(cache_dir)
+        assert not cache.has(src_id) and not cache.object_dir(src_id).exists()
+        assert not cache.has(tree_id)
+        assert staging[0].exists()  # what the killed run left: never read, removed below
+        assert not (cache.downloads_dir / "sha256" / sha).exists()
+        assert not (out / "mini-kernel").exists()
+
+        server.stall.clear()
+        server.release.set()
+        rebuild = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=120)
+        assert rebuild.returncode == 0, rebuild.stdout + rebuild.stderr
+        assert "mini-kernel: 2 built, 0 cached" in rebuild.stdout
+        assert server.requests == 2  # downloaded again, not taken from the killed run
+
+        assert not staging[0].exists()
+        assert list((cache_dir / "tmp").iterdir()) == []
+        assert list((cache_dir / "work").iterdir()) == []
+        fetched = cache.out(src_id) / "linux-mini.tar.gz"
+        assert sha256_file(fetched) == sha
+        assert sha256_file(cache.downloads_dir / "sha256" / sha) == sha
+        tree = cache.out(tree_id) / "tree"
+        assert (tree / "padding.bin").stat().st_size == 1 << 20
+        assert "config XENFORGE_TEST" in (tree / "init" / "Kconfig").read_text()
+        runs = _build_sections(cache_dir / "logs" / "mini-kernel" / "build.log", "mini-kernel")
+        assert "built  source:mini" in runs[-1] and "built  tree:mini" in runs[-1]
+        node_log = (cache_dir / "logs" / "mini-kernel" / "source-mini.log").read_text()
+        assert "never built" in node_log
+    finally:
+        server.close()
+
+
+def test_a_build_waits_for_a_concurrent_build_of_the_same_node(fx: Path, tmp_path: Path
+                                                               ) -> None:
+    """Two `xenforge build` processes on one cache: the second waits on the node lock and
+    reuses the first one's result instead of building it again."""
+    if not XENFORGE.exists():
+        pytest.skip(f"{XENFORGE} is missing: run ci/setup-host.sh")
+    payload = _tarball(fx / "src" / "linux-mini")
+    sha = hashlib.sha256(payload).hexdigest()
+    server = _Server(payload)
+    try:
+        line = fx / "kernel_patches" / "mini" / "line.yaml"
+        line.write_text(line.read_text().replace(
+            "source:\n  path: ../../src/linux-mini\n",
+            f"source:\n  url: http://127.0.0.1:{server.port}/linux-mini.tar.gz\n"
+            f"  sha256: {sha}\n"))
+        argv = [str(XENFORGE), "--cache-dir", str(tmp_path / "cache"), "build",
+                str(fx / "kernel.yaml"), "--target", "tree:mini", "--plain"]
+        server.stall.set()
+        first = subprocess.Popen([*argv, "-o", str(tmp_path / "out1")], cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert server.half_sent.wait(60)
+        second = subprocess.Popen([*argv, "-o", str(tmp_path / "out2")], cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2)  # the second one is now waiting for the lock of source:mini
+        assert second.poll() is None
+        server.stall.clear()
+        server.release.set()
+        out1, _ = first.communicate(timeout=120)
+        out2, _ = second.communicate(timeout=120)
+        assert first.returncode == 0, out1
+        assert second.returncode == 0, out2
+        counts = [re.search(r"mini-kernel: (\d+) built, (\d+) cached", o) for o in (out1, out2)]
+        assert all(counts), out1 + out2
+        built = [int(m.group(1)) for m in counts if m]
+        assert sum(built) == 2 and built[0] >= 1  # each node once; the first got the source
+        assert "source:mini" in out2 and "built by another run" in out2
+        assert server.requests == 1
+    finally:
+        server.close()
+
+
+# -- commands a killed build left running ---------------------------------------------------
+
+HANG_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import xf_test_stages
+from xenforge import stages
+from xenforge.build import Executor
+from xenforge.cache import Cache
+from xenforge.plan import Graph, Node, compute_ids
+from xenforge.progress import Progress
+stages.REGISTRY.update(xf_test_stages.TEST_STAGES)
+g = Graph(recipe="hang")
+g.add(Node(name=sys.argv[4], stage="hang-test", options={"pidfile": sys.argv[3]}))
+compute_ids(g)
+Executor(g, Cache(Path(sys.argv[2])), Progress(quiet=True), jobs=1).run()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _start_hanging_build(cache_dir: Path, pidfile: Path, node: str) -> tuple[
+        subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "python"), "-c", HANG_SCRIPT,
+                             str(Path(__file__).parent), str(cache_dir), str(pidfile), node],
+                            cwd=REPO)
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc, int(pidfile.read_text())
+
+
+def test_commands_a_killed_build_left_running_are_stopped_by_the_next_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILLed xenforge cannot stop its commands (they run in their own process group):
+    the next build on the cache does, before they write into a rebuilt node's dirs. Live
+    builds' commands and other caches' are left alone."""
+    for name, target in xf_test_stages.TEST_STAGES.items():
+        monkeypatch.setitem(stage_registry.REGISTRY, name, target)
+    cache_dir = tmp_path / "cache"
+    killed, orphan = _start_hanging_build(cache_dir, tmp_path / "orphan.pid", "killed")
+    live, live_child = _start_hanging_build(cache_dir, tmp_path / "live.pid", "live")
+    other, other_child = _start_hanging_build(tmp_path / "other-cache",
+                                              tmp_path / "other.pid", "killed")
+    try:
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(30)
+        assert _alive(orphan)  # nothing stopped it so far
+
+        g = Graph(recipe="next")
+        g.add(Node(name="quick", stage="slow-test",
+                   options={"counter": str(tmp_path / "runs"), "seconds": 0}))
+        compute_ids(g)
+        results = Executor(g, Cache(cache_dir), Progress(quiet=True), jobs=1).run()
+        assert results["quick"].status == "built"
+
+        deadline = time.monotonic() + 10
+        while _alive(orphan) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(orphan), "the killed build's command still runs"
+        assert _alive(live_child), "a running build's command was killed"
+        assert _alive(other_child), "another cache's build was touched"
+    finally:
+        for p in (killed, live, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for pid in (orphan, live_child, other_child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
