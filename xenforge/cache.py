@@ -146,10 +146,14 @@ class Cache:
         os.rename(mf.with_suffix(".tmp"), mf)
         target = self.object_dir(node_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():  # another process committed it meanwhile: keep theirs
+        if self.has(node_id):  # another process committed it meanwhile: keep theirs
             shutil.rmtree(staging)
-        else:
-            os.rename(staging, target)
+            return target
+        if target.exists():  # incomplete (no manifest): never trusted, replace it
+            doomed = self.tmp_dir / f"{node_id}.broken.{secrets.token_hex(4)}"
+            os.rename(target, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        os.rename(staging, target)
         return target
 
     # -- refs: what a recipe's node was last built as ---------------------------------

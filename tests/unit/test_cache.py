@@ -90,6 +90,17 @@ def test_an_object_dir_without_manifest_is_not_an_object(cache: Cache) -> None:
     assert [e.id for e in cache.entries()] == []
 
 
+def test_commit_replaces_an_incomplete_object_dir(cache: Cache) -> None:
+    """A dir without manifest (a damaged store, a copy cut short) is not trusted: the next
+    commit of that node replaces it instead of keeping it forever."""
+    cache.out(ID_A).mkdir(parents=True)
+    (cache.out(ID_A) / "data").write_text("partial")
+    _put(cache, ID_A, size=10)
+    assert cache.has(ID_A)
+    assert (cache.out(ID_A) / "data").read_bytes() == b"x" * 10
+    assert list(cache.tmp_dir.iterdir()) == []
+
+
 def test_commit_when_another_process_committed_keeps_theirs(cache: Cache) -> None:
     _put(cache, ID_A, size=10)
     with cache.staging(ID_A) as st:
