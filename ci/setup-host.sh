@@ -20,7 +20,7 @@ packages=(
     build-essential ccache pkg-config bison flex bc cpio rsync kmod patch quilt
     # Xen hypervisor and toolstack
     acpica-tools uuid-dev libyajl-dev zlib1g-dev libncurses-dev libext2fs-dev
-    libzstd-dev liblzma-dev libbz2-dev libaio-dev python3-setuptools gettext libsystemd-dev
+    libzstd-dev liblzma-dev libbz2-dev libaio-dev python3-setuptools gettext
     # Linux kernel
     libelf-dev libssl-dev dwarves
     # Debian packaging
