@@ -1,0 +1,147 @@
+"""Run the Xen stages directly (source -> tree -> hypervisor/toolstack -> xen-debs) for the
+integration tests, with node ids and the cache the way the executor uses them.
+
+The lead's executor will replace this with ``xenforge build``; until then the tests build
+their own StageContext. Outputs are cached in ``$XENFORGE_TEST_CACHE`` (default
+``/var/tmp/xenforge-test-cache``) so that a second run is quick.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xenforge.cache import Cache
+from xenforge.hashing import sha256_json, tree_hash
+from xenforge.stages import get_stage
+from xenforge.stages.base import StageContext
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "hypervisor" / "xen-4.17.yaml"
+HEAVY_LOCK = Path("/tmp/xenforge-heavy.lock")
+
+
+def test_cache() -> Cache:
+    return Cache(Path(os.environ.get("XENFORGE_TEST_CACHE", "/var/tmp/xenforge-test-cache")))
+
+
+def load_spec() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(SPEC.read_text())
+    return data
+
+
+@dataclass
+class Built:
+    id: str
+    out: Path
+    log: Path
+    seconds: float
+    cached: bool
+
+
+@contextmanager
+def heavy_lock() -> Iterator[None]:
+    """The machine-wide lock for compiler-heavy work (one heavy build at a time)."""
+    with open(HEAVY_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_stage(cache: Cache, stage: str, options: Mapping[str, Any], *,
+              inputs: Mapping[str, Built] | None = None,
+              files: Mapping[str, Path] | None = None, node: str | None = None,
+              jobs: int = 2) -> Built:
+    """Build one node (or reuse it from the cache); raises what the stage raises."""
+    inputs = dict(inputs or {})
+    files = dict(files or {})
+    cls = get_stage(stage)
+    opts = cls.Options.model_validate(dict(options))
+    key = {"stage": stage, "version": cls.version, "options": opts.model_dump(mode="json"),
+           "inputs": {k: b.id for k, b in inputs.items()},
+           "files": {k: tree_hash(p) for k, p in files.items()}}
+    node_id = sha256_json(key)
+    logs = cache.root / "test-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{stage}-{node_id[:12]}.log"
+    if cache.has(node_id):
+        return Built(node_id, cache.out(node_id), log, 0.0, True)
+    with cache.lock(node_id):
+        if cache.has(node_id):
+            return Built(node_id, cache.out(node_id), log, 0.0, True)
+        log.write_text(f"[test] node {stage} id {node_id}\n")
+        work = cache.work(node_id)
+        start = time.monotonic()
+        with cache.staging(node_id) as staging:
+            ctx = StageContext(node=node or stage, node_id=node_id, options=opts,
+                               inputs={k: b.out for k, b in inputs.items()}, files=files,
+                               out=staging / "out", work=work, log=log, cache=cache,
+                               jobs=jobs)
+            if cls.heavy:
+                with heavy_lock():
+                    cls().run(ctx)
+            else:
+                cls().run(ctx)
+            seconds = time.monotonic() - start
+            cache.commit(node_id, staging, {"node": ctx.node, "id": node_id, "stage": stage,
+                                            "key": key, "seconds": round(seconds, 1)})
+        shutil.rmtree(work, ignore_errors=True)
+    return Built(node_id, cache.out(node_id), log, seconds, False)
+
+
+def xen_source(cache: Cache) -> Built:
+    return run_stage(cache, "source", {"spec": load_spec()["source"]})
+
+
+def xen_tree(cache: Cache, patches: Path | None = None) -> Built:
+    patches = patches or SPEC.parent / load_spec()["patches"]
+    return run_stage(cache, "tree", {}, inputs={"source": xen_source(cache)},
+                     files={"patches": patches})
+
+
+def fragments(spec: Mapping[str, Any], extra: list[Path] | None = None) -> dict[str, Path]:
+    paths = [SPEC.parent / p for p in spec["config"]] + list(extra or [])
+    return {f"config{i}": p for i, p in enumerate(paths)}
+
+
+def hypervisor(cache: Cache, tree: Built, *, extra_fragments: list[Path] | None = None,
+               **options: Any) -> Built:
+    spec = load_spec()
+    return run_stage(cache, "hypervisor", {"version": spec["version"], **options},
+                     inputs={"tree": tree}, files=fragments(spec, extra_fragments))
+
+
+def toolstack(cache: Cache, tree: Built) -> Built:
+    spec = load_spec()
+    return run_stage(cache, "toolstack",
+                     {"version": spec["version"], "configure": spec["toolstack"]["configure"]},
+                     inputs={"tree": tree})
+
+
+def source_description() -> str:
+    src = load_spec()["source"]
+    for kind in ("apt", "deb", "url"):
+        if kind in src:
+            return f"{kind}:{src[kind]}"
+    return f"path:{Path(src['path']).name}"
+
+
+def xen_debs(cache: Cache, hyp: Built, tools: Built) -> Built:
+    spec = load_spec()
+    from xenforge.stages.xen_debs import TEMPLATES
+
+    return run_stage(cache, "xen-debs", {"version": spec["version"],
+                                         "source": source_description()},
+                     inputs={"hypervisor": hyp, "toolstack": tools},
+                     files={"templates": TEMPLATES})

@@ -1,0 +1,189 @@
+"""The ``hypervisor`` stage: configure and build the Xen hypervisor from a patched tree.
+
+Inputs: ``tree`` (a tree node: ``tree/`` is the patched Xen source, read only).
+Files: ``config0``, ``config1``, ... (Kconfig fragments, merged in that order over the
+x86_64 defconfig; any label starting with ``config`` is taken).
+Options: ``version`` (the spec's, checked against the tree), ``build_id`` (default: the
+first 12 hex digits of the node id) and ``debug``.
+
+Steps: copy the tree below ``work``; ``make defconfig``; write the fragments' settings (and
+``CONFIG_DEBUG`` from the ``debug`` option, last) into ``.config``; ``make olddefconfig``;
+fail, listing every option Kconfig dropped or changed with the fragment and line that asked
+for it; build with ccache. Outputs: ``xen.gz``, ``xen.efi`` (when the toolchain can build
+it), ``xen-syms``, ``xen.config`` (the final .config), ``build-info.json``.
+
+The build identifier reaches the binary through ``XEN_BUILD_TAG`` (our patch
+0001-xen-build-tag-in-version-and-boot-log.patch): the boot banner reads
+``Xen version 4.17.5+<id>``, the log has ``Build tag: <id>`` and ``xl info`` reports
+``xen_extra: .5+<id>``. Without that patch the stage falls back to upstream's
+``XEN_VENDORVERSION=+<id>`` (same version string, no ``Build tag`` line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from xenforge import kconfig
+from xenforge.errors import InputError
+from xenforge.stages.base import Stage, StageContext, StageOptions
+from xenforge.xen_build import (
+    build_date,
+    build_env,
+    check_version,
+    private_copy,
+    write_json,
+    xen_tree,
+)
+
+#: XENVER_extraversion is a char[16]: the extra version and its NUL must fit
+EXTRAVERSION_MAX = 15
+BUILD_ID_RE = r"^[A-Za-z0-9._~-]*$"
+
+
+class HypervisorOptions(StageOptions):
+    version: str = Field("", description="the spec's Xen version, e.g. 4.17.5; checked "
+                         "against the tree ('': take the tree's)")
+    build_id: str = Field(
+        "", max_length=12, pattern=BUILD_ID_RE,
+        description="identifier compiled into the hypervisor's version ('': node id[:12])")
+    debug: bool = Field(False, description="a debug hypervisor (CONFIG_DEBUG=y)")
+
+
+def config_labels(files: Mapping[str, Path]) -> list[str]:
+    """File labels of Kconfig fragments (``config``, ``config0``, ``config1``, ...) in merge
+    order: ``config`` first, then by number, then any other ``config*`` label by name."""
+
+    def key(label: str) -> tuple[int, int, str]:
+        rest = label[len("config"):]
+        if not rest:
+            return (0, 0, label)
+        return (1, int(rest), label) if rest.isdigit() else (2, 0, label)
+
+    return sorted((k for k in files if k.startswith("config")), key=key)
+
+
+class HypervisorStage(Stage):
+    name: ClassVar[str] = "hypervisor"
+    version: ClassVar[int] = 1
+    Options: ClassVar[type[StageOptions]] = HypervisorOptions
+    artifacts: ClassVar[tuple[str, ...]] = (
+        "xen.gz", "xen.efi", "xen-syms", "xen.config", "build-info.json")
+    heavy: ClassVar[bool] = True
+
+    def run(self, ctx: StageContext) -> None:
+        opts: HypervisorOptions = ctx.options
+        tree = xen_tree(ctx)
+        version = check_version(tree, opts.version)
+        build_id = opts.build_id or ctx.node_id[:12]
+        extraversion = version.split(".", 2)[2] if version.count(".") >= 2 else ""
+        extraversion = "." + extraversion if extraversion else ""
+        full_extra = f"{extraversion}+{build_id}"
+        if len(full_extra) > EXTRAVERSION_MAX:
+            raise InputError(
+                f"build id {build_id!r} makes the extra version {full_extra!r} longer than "
+                f"Xen's {EXTRAVERSION_MAX} characters", hint="use a shorter build_id")
+
+        src = private_copy(ctx, tree)
+        xen = src / "xen"
+        env = build_env(ctx, ccache_in_path=False)
+        date, clock = build_date(int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000")))
+        tag_var = "XEN_BUILD_TAG"
+        if "XEN_BUILD_TAG" not in (xen / "Makefile").read_text(encoding="utf-8"):
+            ctx.note("the tree lacks the XEN_BUILD_TAG patch: using XEN_VENDORVERSION")
+            tag_var, build_id_value = "XEN_VENDORVERSION", f"+{build_id}"
+        else:
+            build_id_value = build_id
+        make = ["make", "-C", str(xen), f"-j{max(1, ctx.jobs)}", "CC=ccache gcc",
+                f"{tag_var}={build_id_value}", "XEN_WHOAMI=xenforge",
+                "XEN_DOMAIN=xenforge.invalid", "XEN_BUILD_HOST=xenforge",
+                f"XEN_BUILD_DATE={date}", f"XEN_BUILD_TIME={clock}"]
+
+        ctx.note("configuring: defconfig + fragments + olddefconfig")
+        ctx.run([*make, "defconfig"], env=env)
+        requested = self._requested(ctx, opts)
+        kconfig.apply_to_config(xen / ".config", requested)
+        ctx.run([*make, "olddefconfig"], env=env)
+        final = kconfig.read_config(xen / ".config")
+        self._check(xen, requested, final)
+
+        ctx.note(f"building Xen {version} with build id {build_id}")
+        ctx.run(make, env=env)
+
+        shutil.copy2(xen / "xen.gz", ctx.out / "xen.gz")
+        shutil.copy2(xen / "xen-syms", ctx.out / "xen-syms")
+        shutil.copy2(xen / ".config", ctx.out / "xen.config")
+        efi = (xen / "xen.efi").is_file()
+        if efi:
+            shutil.copy2(xen / "xen.efi", ctx.out / "xen.efi")
+        else:
+            ctx.note("xen.efi was not built (the toolchain cannot make PE binaries)")
+        write_json(ctx.out / "build-info.json", {
+            "version": version,
+            "build_id": build_id,
+            "extraversion": full_extra,
+            "full_version": f"{version}+{build_id}",
+            "debug": opts.debug,
+            "efi": efi,
+            "compiler": _compile_h(xen, "XEN_COMPILER"),
+            "fragments": [s.render() for s in requested.values()],
+            "patches": _applied_patches(ctx),
+        })
+
+    def _requested(self, ctx: StageContext, opts: HypervisorOptions) -> dict[str, kconfig.Setting]:
+        fragments: list[list[kconfig.Setting]] = []
+        for label in config_labels(ctx.files):
+            path = ctx.files[label]
+            fragments.append(kconfig.parse_fragment(path, display=path.name))
+        # the debug option: debug=true wins over every fragment; debug=false is only the
+        # starting point, so a fragment may still ask for CONFIG_DEBUG=y
+        debug = [kconfig.Setting("DEBUG", "y" if opts.debug else "n", "option debug")]
+        fragments = [*fragments, debug] if opts.debug else [debug, *fragments]
+        requested, overrides = kconfig.merge(fragments)
+        for o in overrides:
+            ctx.note(o.render())
+        return requested
+
+    @staticmethod
+    def _check(xen: Path, requested: dict[str, kconfig.Setting],
+               final: dict[str, str]) -> None:
+        problems = kconfig.verify(requested, final)
+        if not problems:
+            return
+        lines = [p.summary() for p in problems]
+        try:
+            from xenforge.kconfig_index import KconfigIndex, explain
+
+            index = KconfigIndex.load(xen, env={"SRCARCH": "x86", "ARCH": "x86_64"})
+            lines = explain(problems, index, final, requested)
+        except Exception:  # the explanation is a bonus; keep the plain list
+            pass
+        raise InputError(
+            f"Kconfig dropped or changed {len(problems)} requested option(s):\n  "
+            + "\n  ".join(lines),
+            hint="fix the fragment: enable the missing dependencies or remove the option")
+
+
+def _applied_patches(ctx: StageContext) -> list[str]:
+    """Names of the patches the tree node applied (its ``patches.json``), if it says."""
+    path = ctx.inputs["tree"] / "patches.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [str(p.get("name", p)) if isinstance(p, dict) else str(p) for p in data]
+
+
+def _compile_h(xen: Path, name: str) -> str:
+    path = xen / "include" / "xen" / "compile.h"
+    if not path.is_file():
+        return ""
+    m = re.search(rf'^#define {name}\s+"(.*)"$', path.read_text(encoding="utf-8"), re.M)
+    return m.group(1) if m else ""
