@@ -385,3 +385,30 @@ def test_commands_a_killed_build_left_running_are_stopped_by_the_next_build(
         for pid in (orphan, live_child, other_child):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# -- failures are reported for people --------------------------------------------------------
+
+def test_a_failing_node_exits_1_naming_the_stage_and_log(fx: Path, tmp_path: Path) -> None:
+    if not XENFORGE.exists():
+        pytest.skip(f"{XENFORGE} is missing: run ci/setup-host.sh")
+    patch = fx / "kernel_patches" / "mini" / "0001-add-option.patch"
+    patch.write_text(patch.read_text().replace(' \tdefault ""\n+', ' \tdefault "x"\n+'))
+    cache_dir = tmp_path / "cache"
+    proc = subprocess.run([str(XENFORGE), "--cache-dir", str(cache_dir), "build",
+                           str(fx / "kernel.yaml"), "--target", "tree:mini", "-o",
+                           str(tmp_path / "out"), "--plain"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    log = cache_dir / "logs" / "mini-kernel" / "tree-mini.log"
+    assert "error: stage tree:mini:" in proc.stderr
+    assert "0001-add-option.patch does not apply" in proc.stderr
+    assert f"full log: {log}" in proc.stderr
+    assert log.is_file()
+    graph = plan(load_recipe(fx / "kernel.yaml"))
+    cache = Cache(cache_dir)
+    assert cache.has(graph.nodes["source:mini"].id)  # what succeeded is kept
+    assert not cache.has(graph.nodes["tree:mini"].id)
+    assert list((cache_dir / "tmp").iterdir()) == []
+    assert not (tmp_path / "out" / "mini-kernel").exists()
