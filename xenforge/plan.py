@@ -30,6 +30,11 @@ class Node:
     input_ids: dict[str, str] = field(default_factory=dict)
     version: int = 0
 
+    def same_as(self, other: Node) -> bool:
+        """The same work: stage, options and inputs (before ids are computed)."""
+        return (self.stage, self.options, self.identity, self.inputs, self.files) == \
+            (other.stage, other.options, other.identity, other.inputs, other.files)
+
     def key(self) -> dict[str, Any]:
         """Everything the id is computed from (also stored in the manifest and refs)."""
         options = self.options if self.identity is None else self.identity
@@ -45,12 +50,23 @@ class Graph:
     def add(self, node: Node) -> Node:
         existing = self.nodes.get(node.name)
         if existing is not None:
+            if not existing.same_as(node):
+                raise ValueError(f"two different nodes are named {node.name}")
             return existing  # the same node asked for twice (shared tree, shared source)
         for dep in node.inputs.values():
             if dep not in self.nodes:
                 raise ValueError(f"node {node.name} consumes unknown node {dep}")
         self.nodes[node.name] = node
         return node
+
+    def add_shared(self, node: Node) -> Node:
+        """Add ``node`` or reuse an identical one; a different node that would have the same
+        name (e.g. the same kernel line with another source) gets a numbered name."""
+        base, n = node.name, 1
+        while (existing := self.nodes.get(node.name)) is not None and not existing.same_as(node):
+            n += 1
+            node.name = f"{base}-{n}"
+        return self.add(node)
 
     def downstream(self, name: str) -> set[str]:
         out = {name}
@@ -122,18 +138,17 @@ def _source_node(graph: Graph, name: str, spec: SourceSpec) -> Node:
         # identity is the content, never the location on this machine
         files["path"] = spec.path
         data["path"] = spec.path.name
-    return graph.add(Node(name=f"source:{name}", stage="source", options={"spec": data},
-                          identity={"spec": identity(spec)}, files=files))
+    return graph.add_shared(Node(name=f"source:{name}", stage="source",
+                                 options={"spec": data}, identity={"spec": identity(spec)},
+                                 files=files))
 
 
 def _tree_node(graph: Graph, name: str, spec: SourceSpec, patches: Path | None) -> Node:
     src = _source_node(graph, name, spec)
     files = {"patches": patches} if patches is not None else {}
-    node = Node(name=f"tree:{name}", stage="tree", inputs={"source": src.name}, files=files)
-    existing = graph.nodes.get(node.name)
-    if existing is not None and (existing.inputs, existing.files) != (node.inputs, node.files):
-        node.name = f"tree:{name}-{len(graph.nodes)}"  # same line, other patches or source
-    return graph.add(node)
+    # the same line with other patches or another source is another tree
+    return graph.add_shared(Node(name=f"tree:{name}", stage="tree",
+                                 inputs={"source": src.name}, files=files))
 
 
 def _plan_hypervisor(graph: Graph, loaded: LoadedRecipe) -> None:

@@ -252,3 +252,30 @@ def test_host_recipe_edits_change_exactly_the_ids_downstream(fx: Path, edited: s
     after = _plan(fx / "host.yaml")
     expected = set().union(*(before.downstream(c) for c in consumers))
     assert _changed(before, after) == expected
+
+
+def test_kernels_of_one_line_with_different_sources_get_different_trees(fx: Path) -> None:
+    """dom0 overrides the line's source, guest keeps it: two sources, two trees."""
+    (fx / "two-sources.yaml").write_text(TWO_KERNELS.replace(
+        "    fragments: [base, dom0, extra.config]\n",
+        "    fragments: [base, dom0, extra.config]\n    source:\n      apt: linux=6.1.158-1\n"))
+    g = _plan(fx / "two-sources.yaml")
+    dom0_src = g.nodes[g.nodes[g.nodes["kernel:dom0"].inputs["tree"]].inputs["source"]]
+    guest_src = g.nodes[g.nodes[g.nodes["kernel:guest"].inputs["tree"]].inputs["source"]]
+    assert dom0_src.options["spec"] == {"apt": "linux=6.1.158-1"}
+    assert guest_src.options["spec"] == {"path": "linux-mini"}
+    assert g.nodes["kernel:dom0"].inputs != g.nodes["kernel:guest"].inputs
+    assert len(g.nodes) == 6
+    # the same recipe without the override shares one source and one tree
+    assert len(_plan(fx / "two-kernels.yaml").nodes) == 4
+
+
+def test_two_different_nodes_cannot_share_a_name() -> None:
+    from xenforge.plan import Node
+
+    g = Graph(recipe="r")
+    first = g.add(Node(name="source:x", stage="source", options={"spec": {"apt": "a=1"}}))
+    assert g.add(Node(name="source:x", stage="source", options={"spec": {"apt": "a=1"}})) \
+        is first
+    with pytest.raises(ValueError, match="source:x"):
+        g.add(Node(name="source:x", stage="source", options={"spec": {"apt": "a=2"}}))
