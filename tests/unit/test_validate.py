@@ -151,10 +151,11 @@ def test_missing_recipe_is_an_input_error(capsys: pytest.CaptureFixture[str]) ->
 
 # -- valid recipes -----------------------------------------------------------------------
 
-FIXTURE_RECIPES = sorted(FIXTURES.glob("*.yaml"))
+FIXTURE_RECIPES = sorted([*FIXTURES.glob("*.yaml"), *FIXTURES.glob("nested/*.yaml")])
 
 
-@pytest.mark.parametrize("recipe", FIXTURE_RECIPES, ids=[f.stem for f in FIXTURE_RECIPES])
+@pytest.mark.parametrize("recipe", FIXTURE_RECIPES,
+                         ids=[f.relative_to(FIXTURES).as_posix() for f in FIXTURE_RECIPES])
 def test_fixture_recipe_is_valid(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["validate", str(recipe)])
     out, err = capsys.readouterr()
@@ -206,6 +207,24 @@ def test_extends_merges_mappings_and_replaces_sources() -> None:
     assert r.guests == []
     assert r.images["dom0"].size == 4096  # `size:` (empty) means the default
     assert r.images["dom0"].formats == ["raw", "qcow2"]
+
+
+def test_inherited_paths_stay_relative_to_the_file_that_wrote_them() -> None:
+    from xenforge.recipe.load import load_recipe
+
+    r = load_recipe(FIXTURES / "nested" / "child.yaml").recipe
+    assert r.kernels["dom0"].line == FIXTURES / "kernel_patches" / "mini"
+    assert r.kernels["dom0"].fragments == ["base", FIXTURES / "extra.config"]
+    assert r.extends == [FIXTURES / "kernel.yaml"]
+
+
+def test_a_diamond_of_extends_is_not_a_cycle() -> None:
+    from xenforge.recipe.load import load_recipe
+
+    r = load_recipe(FIXTURES / "nested" / "diamond.yaml").recipe
+    assert r.description == "left"
+    assert r.kernels["dom0"].base == "defconfig"  # right.yaml comes later and wins
+    assert r.kernels["dom0"].fragments == ["base", "dom0", FIXTURES / "extra.config"]
 
 
 # -- JSON Schema ---------------------------------------------------------------------------
