@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -240,7 +241,6 @@ def schema() -> dict[str, object]:
 
 
 def test_schema_is_a_valid_json_schema(schema: dict[str, object]) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     props = schema["properties"]
@@ -256,7 +256,6 @@ def test_schema_is_a_valid_json_schema(schema: dict[str, object]) -> None:
                          ids=[f"{f.parent.name}/{f.stem}" for f in [*FIXTURE_RECIPES,
                                                                    *REPO_RECIPES]])
 def test_valid_recipes_match_the_schema(schema: dict[str, object], recipe: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     data = yaml.safe_load(recipe.read_text())
     errors = [f"{list(e.absolute_path)}: {e.message}"
               for e in jsonschema.Draft202012Validator(schema).iter_errors(data)]
@@ -274,7 +273,6 @@ def test_valid_recipes_match_the_schema(schema: dict[str, object], recipe: Path)
 def test_schema_rejects_structural_mistakes(schema: dict[str, object], name: str,
                                             mistake: str) -> None:
     """Unknown keys and wrong types are visible to an editor (path existence is not)."""
-    jsonschema = pytest.importorskip("jsonschema")
     data = yaml.safe_load((BROKEN / name).read_text())
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(data))
     assert errors, f"the schema accepts {name}"
