@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -86,8 +87,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         graph = graph.only(args.target)
     cache = _cache(args)
     logs = cache.root / "logs" / graph.recipe
-    progress = Progress(quiet=args.quiet, plain=True if args.plain else None,
-                        logfile=logs / "build.log")
+    progress = Progress(
+        quiet=args.quiet, plain=True if args.plain else None, logfile=logs / "build.log"
+    )
     progress.line(f"build {graph.recipe}: {len(graph.nodes)} nodes, cache {cache.root}")
     with progress:
         results = Executor(graph, cache, progress, jobs=args.jobs, logs_dir=logs).run()
@@ -105,8 +107,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     built = sum(r.status == "built" for r in results.values())
     cached = sum(r.status == "cached" for r in results.values())
     if not args.quiet:
-        print(f"\n{graph.recipe}: {built} built, {cached} cached, "
-              f"{time.monotonic() - start:.1f}s; artifacts in {out_dir}/")
+        print(
+            f"\n{graph.recipe}: {built} built, {cached} cached, "
+            f"{time.monotonic() - start:.1f}s; artifacts in {out_dir}/"
+        )
         for a in artifacts:
             print(f"  {a.path.as_posix():<48} {human_size(a.size):>10}  {a.sha256}")
     return 0
@@ -151,45 +155,82 @@ def _parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="xenforge", description="Build, boot and verify Xen systems from pinned sources.")
+        prog="xenforge", description="Build, boot and verify Xen systems from pinned sources."
+    )
     p.add_argument("--version", action="version", version=f"xenforge {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="cache directory (default: $XENFORGE_CACHE_DIR or ~/.cache/xenforge)")
+    # global options work before or after the command (`xenforge build --debug R`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and debug logs",
+    )
+    common.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="cache directory (default: $XENFORGE_CACHE_DIR or ~/.cache/xenforge)",
+    )
+    p.add_argument("--debug", action="store_true")
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=None,
+        help="cache directory (default: $XENFORGE_CACHE_DIR or ~/.cache/xenforge)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    v = sub.add_parser("validate", help="check recipes; report every problem at once")
+    v = sub.add_parser(
+        "validate", parents=[common], help="check recipes; report every problem at once"
+    )
     v.add_argument("recipes", nargs="+", metavar="RECIPE")
     v.set_defaults(func=_cmd_validate)
 
-    s = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
+    s = sub.add_parser(
+        "schema", parents=[common], help="print the recipe JSON Schema (for editors)"
+    )
     s.set_defaults(func=_cmd_schema)
 
-    pl = sub.add_parser("plan", help="show the build graph and what is cached")
+    pl = sub.add_parser("plan", parents=[common], help="show the build graph and what is cached")
     pl.add_argument("recipe", metavar="RECIPE")
     pl.add_argument("--json", action="store_true", help="machine-readable graph")
     pl.set_defaults(func=_cmd_plan)
 
-    b = sub.add_parser("build", help="build a recipe's artifacts through the cache")
+    b = sub.add_parser(
+        "build", parents=[common], help="build a recipe's artifacts through the cache"
+    )
     b.add_argument("recipe", metavar="RECIPE")
     b.add_argument("-j", "--jobs", type=int, default=None, help="parallel jobs (default: cores)")
     b.add_argument("-o", "--out", default="out", help="artifact directory (default: ./out)")
-    b.add_argument("-t", "--target", action="append", metavar="NODE",
-                   help="build only NODE and the nodes it needs (repeatable; names as "
-                        "`xenforge plan` shows them); out/RECIPE/ then holds their artifacts")
+    b.add_argument(
+        "-t",
+        "--target",
+        action="append",
+        metavar="NODE",
+        help="build only NODE and the nodes it needs (repeatable; names as "
+        "`xenforge plan` shows them); out/RECIPE/ then holds their artifacts",
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="only errors")
     b.add_argument("--plain", action="store_true", help="plain log lines, no live view")
     b.set_defaults(func=_cmd_build)
 
-    c = sub.add_parser("cache", help="inspect or clean the cache")
+    c = sub.add_parser("cache", parents=[common], help="inspect or clean the cache")
     csub = c.add_subparsers(dest="cache_cmd", required=True, metavar="ACTION")
     csub.add_parser("ls", help="list cached nodes, least recently used first")
     csub.add_parser("du", help="disk use by stage")
     gc = csub.add_parser("gc", help="remove stale and old entries")
-    gc.add_argument("--max-size", help="shrink to this size, least recently used first "
-                    "(the latest build of each recipe's nodes is kept)")
-    gc.add_argument("--older-than", type=float, metavar="DAYS",
-                    help="remove entries not used for DAYS and not the latest of any recipe")
+    gc.add_argument(
+        "--max-size",
+        help="shrink to this size, least recently used first "
+        "(the latest build of each recipe's nodes is kept)",
+    )
+    gc.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="remove entries not used for DAYS and not the latest of any recipe",
+    )
     gc.add_argument("--dry-run", action="store_true")
     c.set_defaults(func=_cmd_cache)
     return p
@@ -202,8 +243,10 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     signal.signal(signal.SIGTERM, _on_term)
     try:
         code: int = args.func(args)
@@ -213,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `xenforge plan R | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         from xenforge import run
 

@@ -21,6 +21,7 @@ from typing import Any
 import requests
 import urllib3.exceptions
 
+from xenforge import run as runner
 from xenforge.errors import SourceError
 from xenforge.hashing import CHUNK
 
@@ -137,6 +138,7 @@ def download(url: str, sha256: str, store: Store, log: Path, *, tries: int = TRI
     """
     last: _Retry | None = None
     for attempt in range(1, tries + 1):
+        runner.check_cancelled()
         note(log, f"downloading {url} (try {attempt} of {tries})")
         try:
             _download_once(url, sha256, store, log)
@@ -145,7 +147,7 @@ def download(url: str, sha256: str, store: Store, log: Path, *, tries: int = TRI
             last = exc
             note(log, f"{url}: {exc}")
             if attempt < tries:
-                time.sleep(backoff * 2 ** (attempt - 1))
+                runner.cancel_wait(backoff * 2 ** (attempt - 1))
     assert last is not None
     if last.final is not None:
         raise last.final
@@ -188,7 +190,7 @@ def _stream(url: str, out: Any) -> tuple[int, str, int | None]:
     except requests.RequestException as exc:
         raise SourceError(f"cannot download {url}: {exc}",
                           hint="check the url in the recipe") from exc
-    with resp:
+    with resp, runner.on_cancel(resp.close):
         status = resp.status_code
         if status >= 500 or status in (408, 429):
             raise _Retry(f"HTTP {status} {resp.reason}")
@@ -205,10 +207,12 @@ def _stream(url: str, out: Any) -> tuple[int, str, int | None]:
         received = 0
         try:
             for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                runner.check_cancelled()
                 out.write(chunk)
                 h.update(chunk)
                 received += len(chunk)
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            runner.check_cancelled()  # closed by an interrupt: not a network problem
             raise _Retry(f"connection lost after {received} bytes"
                          + (f" of {expected}" if expected is not None else "")
                          + f": {type(exc).__name__}") from exc

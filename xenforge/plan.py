@@ -102,7 +102,7 @@ class Graph:
             for n in self.nodes.values()]}
 
 
-_hash_memo: dict[tuple[Path, float, int], str] = {}
+_hash_memo: dict[tuple[Path, int, int, int], str] = {}
 
 
 def _content_hash(path: Path) -> str:
@@ -113,7 +113,7 @@ def _content_hash(path: Path) -> str:
         return sha256_json([[p.name, tree_hash(p)] for p in series_files(path)])
     if path.is_dir():
         return tree_hash(path)  # small folders (elements): always rehash
-    memo = (path.resolve(), st.st_mtime, st.st_size)
+    memo = (path.resolve(), st.st_ino, st.st_mtime_ns, st.st_size)
     if memo not in _hash_memo:
         _hash_memo[memo] = tree_hash(path)
     return _hash_memo[memo]

@@ -231,9 +231,42 @@ def _running(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def check_cancelled() -> None:
+    """Raise :class:`Interrupted` once the build was interrupted (for long Python loops)."""
+    if _cancelled.is_set():
+        raise Interrupted("interrupted")
+
+
+def cancel_wait(seconds: float) -> None:
+    """Sleep ``seconds`` unless the build is interrupted meanwhile (then raise)."""
+    if _cancelled.wait(seconds):
+        raise Interrupted("interrupted")
+
+
+_cancel_hooks: dict[int, Callable[[], object]] = {}
+
+
+@contextlib.contextmanager
+def on_cancel(hook: Callable[[], object]) -> Iterator[None]:
+    """Call ``hook`` (e.g. close a network stream) if the build is interrupted meanwhile."""
+    key = id(hook)
+    with _live_lock:
+        _cancel_hooks[key] = hook
+    try:
+        yield
+    finally:
+        with _live_lock:
+            _cancel_hooks.pop(key, None)
+
+
 def kill_all() -> None:
     """Kill every command still running and refuse new ones (on SIGTERM/SIGINT)."""
     _cancelled.set()
+    with _live_lock:
+        hooks = list(_cancel_hooks.values())
+    for hook in hooks:
+        with contextlib.suppress(Exception):
+            hook()
     with _live_lock:
         procs = list(_live)
     for p in procs:
