@@ -9,6 +9,7 @@ their own StageContext. Outputs are cached in ``$XENFORGE_TEST_CACHE`` (default
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -32,6 +33,11 @@ HEAVY_LOCK = Path("/tmp/xenforge-heavy.lock")
 
 def test_cache() -> Cache:
     return Cache(Path(os.environ.get("XENFORGE_TEST_CACHE", "/var/tmp/xenforge-test-cache")))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
 
 
 def load_spec() -> dict[str, Any]:
