@@ -1,0 +1,69 @@
+"""Guest lifecycle: for each guest of the recipe, create it, see it reach userspace on Xen in
+the right mode with the built kernel, shut it down cleanly, and create it once more.
+
+Contract with the guest image (xenforge's ``xen-domu`` element): when userspace is up the
+guest prints ``XENFORGE-GUEST-READY type=... guest_type=... kernel=...`` on its console, and
+dom0's xenconsoled logs guest consoles to ``/var/log/xen/console/guest-NAME.log``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+MARKER = "XENFORGE-GUEST-READY"
+
+
+def _log_size(host: Any, log: str) -> int:
+    out = host.run(f"stat -c %s {shlex.quote(log)}")
+    return int(out.stdout.strip()) if out.rc == 0 else 0
+
+
+def _wait_ready(host: Any, log: str, offset: int, timeout: int) -> str:
+    q = shlex.quote(log)
+    script = (f"until tail -c +{offset + 1} {q} 2>/dev/null | grep -a -m1 {MARKER}; "
+              "do sleep 2; done")
+    out = host.run(f"timeout {timeout} sh -c {shlex.quote(script)}")
+    if out.rc != 0:
+        tail = host.run(f"tail -c +{offset + 1} {q} | tail -n 25").stdout
+        raise AssertionError(f"no {MARKER} on the guest console within {timeout}s; "
+                             f"its console said last:\n{tail}")
+    return str(out.stdout)
+
+
+def _listed(host: Any, name: str) -> bool:
+    return host.run(f"xl list {shlex.quote(name)}").rc == 0
+
+
+def test_guest_lifecycle(host: Any, guest: dict[str, Any]) -> None:
+    name = guest["name"]
+    cfg = guest.get("config", f"/etc/xen/{name}.cfg")
+    log = f"/var/log/xen/console/guest-{name}.log"
+    timeout = int(guest.get("timeout", 240))
+    if _listed(host, name):  # left running by an earlier run or autostarted
+        host.run(f"timeout 120 xl shutdown -w {name} || xl destroy {name}")
+    for attempt in ("first", "second"):
+        offset = _log_size(host, log)
+        created = host.run(f"xl create {shlex.quote(cfg)}")
+        assert created.rc == 0, f"{attempt} xl create {cfg} failed:\n{created.stderr}"
+        ready = _wait_ready(host, log, offset, timeout)
+        fields = dict(re.findall(r"(\w+)=(\S+)", ready))
+        assert fields.get("type") == "xen", f"guest {name} is not on Xen: {ready.strip()}"
+        want_mode = guest.get("type", "").upper()
+        if want_mode:
+            assert fields.get("guest_type") == want_mode, \
+                f"guest {name} runs as {fields.get('guest_type')}, the recipe asks {want_mode}"
+        if guest.get("kernel_release"):
+            assert fields.get("kernel") == guest["kernel_release"], \
+                f"guest {name} runs kernel {fields.get('kernel')}, built {guest['kernel_release']}"
+        if guest.get("memory"):
+            row = host.check_output(f"xl list {name}").splitlines()[-1].split()
+            assert abs(int(row[2]) - int(guest["memory"])) <= 2, \
+                f"guest {name} has {row[2]} MiB, the recipe asks {guest['memory']} MiB"
+        stopped = host.run(f"timeout 180 xl shutdown -w {name}")
+        if stopped.rc != 0:
+            host.run(f"xl destroy {name}")
+            raise AssertionError(f"guest {name} did not shut down cleanly within 180s "
+                                 "(destroyed instead)")
+        assert not _listed(host, name), f"guest {name} is still listed after shutdown"
