@@ -1,0 +1,219 @@
+"""The ``kernel`` stage: build a Linux kernel from a patched tree and Kconfig fragments.
+
+Inputs: ``tree`` (a tree node: ``tree/`` holds the unpacked, patched source; read-only).
+Files: ``fragment0``, ``fragment1``, ... (Kconfig fragments, merged in this order) and,
+with ``base: file``, ``baseconfig`` (the starting ``.config``).
+
+Steps: link-copy the tree into the work dir (hard links, so nothing is unpacked or copied
+and the cached tree is never written) and build out of tree (``O=``); make the base config;
+merge the fragments plus the stage's own settings (LOCALVERSION, the build id);
+``olddefconfig``; verify that every requested option survived (else fail naming the
+fragment, the option and the unmet dependency); build ``bzImage`` and modules with ccache;
+install the modules; package with ``make bindeb-pkg``.
+
+Why a link copy instead of ``make -C <cached tree>``: the compiler sees source paths, and
+ccache keys on them. With the source at ``<work>/src`` and ``CCACHE_BASEDIR=<work>``, every
+build sees ``../src/...`` whatever the work dir or the tree's cache id, so a build after a
+patch or fragment change reuses every object whose inputs did not change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from xenforge import kconfig
+from xenforge.errors import InputError, StageFailed
+from xenforge.kconfig import Setting
+from xenforge.kconfig_index import KconfigIndex, explain
+from xenforge.run import base_env
+from xenforge.stages.base import Stage, StageContext, StageOptions
+
+ARCH = "x86_64"
+#: ``$(VAR)`` values Linux's Kconfig files use in ``source`` lines, for x86_64
+KCONFIG_ENV = {"SRCARCH": "x86", "ARCH": ARCH, "HEADER_ARCH": "x86"}
+IMAGE = "arch/x86/boot/bzImage"
+STAGE_ORIGIN = "xenforge kernel stage"
+BUILD_ID_SYMBOL = "XENFORGE_BUILD_ID"
+
+
+class KernelOptions(StageOptions):
+    base: Literal["tinyconfig", "defconfig", "allnoconfig", "file"] = "tinyconfig"
+    localversion: str = Field("", description="LOCALVERSION; default -xenforge-<build id[:8]>")
+    build_id: str = Field("", description="CONFIG_XENFORGE_BUILD_ID; default: the node id")
+    targets: tuple[str, ...] = ("bzImage", "modules")
+    package: bool = Field(True, description="build linux-image/linux-headers .debs")
+
+
+def _timestamp(env: dict[str, str]) -> str:
+    epoch = int(env.get("SOURCE_DATE_EPOCH", "0"))
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+class KernelStage(Stage):
+    name = "kernel"
+    version = 1
+    Options = KernelOptions
+    artifacts = ("vmlinuz", "config", "System.map", "*.deb", "build-info.json")
+    heavy = True
+
+    def run(self, ctx: StageContext) -> None:
+        opts: KernelOptions = ctx.options
+        tree = ctx.inputs["tree"] / "tree"
+        if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
+            raise StageFailed(ctx.node, f"{tree} is not a Linux source tree (no Makefile/Kconfig)",
+                              log=ctx.log, hint="the kernel stage's `tree` input must be a tree "
+                              "node of a Linux source")
+        fragments = self._fragments(ctx)
+        build_id = opts.build_id or ctx.node_id
+        localversion = opts.localversion or f"-xenforge-{build_id[:8]}"
+
+        src, build = ctx.work / "src", ctx.work / "build"
+        self._link_tree(ctx, tree, src)
+        build.mkdir(parents=True, exist_ok=True)
+        env = self._env(ctx)
+        make = ["make", "-C", str(src), f"O={build}", f"ARCH={ARCH}", f"-j{ctx.jobs}",
+                "CC=ccache gcc", "HOSTCC=ccache gcc"]
+
+        # -- configuration ---------------------------------------------------------------
+        index = KconfigIndex.load(src, env=KCONFIG_ENV)
+        if opts.base == "file":
+            base = ctx.files.get("baseconfig")
+            if base is None or not base.is_file():
+                raise InputError("base: file needs a base config file (files label "
+                                 "`baseconfig`)", where=f"stage {ctx.node}")
+            shutil.copyfile(base, build / ".config")
+        else:
+            ctx.run([*make, opts.base], env=env)
+        stage_settings = [Setting("LOCALVERSION", kconfig.quote(localversion), STAGE_ORIGIN),
+                          Setting("LOCALVERSION_AUTO", "n", STAGE_ORIGIN)]
+        if index.known(BUILD_ID_SYMBOL):
+            stage_settings.append(Setting(BUILD_ID_SYMBOL, kconfig.quote(build_id), STAGE_ORIGIN))
+        else:
+            ctx.note(f"the tree defines no {BUILD_ID_SYMBOL} (the build-id patch is not in "
+                     "the series): the build id is recorded in build-info.json only")
+        requested, overrides = kconfig.merge([*fragments.values(), stage_settings])
+        for o in overrides:
+            ctx.note(o.render())
+        kconfig.apply_to_config(build / ".config", requested)
+        ctx.run([*make, "olddefconfig"], env=env)
+        final = kconfig.read_config(build / ".config")
+        problems = kconfig.verify(requested, final)
+        if problems:
+            lines = explain(problems, index, final, requested)
+            for line in lines:
+                ctx.note(line)
+            n = len(problems)
+            raise StageFailed(
+                ctx.node,
+                f"{n} requested Kconfig option{'s' if n != 1 else ''} did not survive "
+                "olddefconfig:\n  " + "\n  ".join(lines),
+                log=ctx.log,
+                hint="add the missing dependencies to a fragment, or drop the options")
+        ctx.note(f"all {len(requested)} requested options survived olddefconfig")
+
+        # -- build -----------------------------------------------------------------------
+        targets = list(opts.targets)
+        modules = final.get("MODULES") == "y"
+        if not modules and "modules" in targets:
+            targets.remove("modules")
+        t0 = time.monotonic()
+        ctx.run([*make, *targets], env=env)
+        release = ctx.run([*make, "-s", "kernelrelease"], env=env, capture=True).stdout.strip()
+        ctx.note(f"built {release} in {time.monotonic() - t0:.0f}s")
+
+        out = ctx.out
+        shutil.copyfile(build / IMAGE, out / "vmlinuz")
+        shutil.copyfile(build / ".config", out / "config")
+        shutil.copyfile(build / "System.map", out / "System.map")
+        if modules:
+            ctx.run([*make, f"INSTALL_MOD_PATH={out / 'modules'}", "INSTALL_MOD_STRIP=1",
+                     "modules_install"], env=env)
+            for link in ("build", "source"):  # they point into the work dir
+                (out / "modules" / "lib" / "modules" / release / link).unlink(missing_ok=True)
+        debs = self._package(ctx, make, env, release) if opts.package else []
+        info = {
+            "kernelrelease": release,
+            "build_id": build_id,
+            "localversion": localversion,
+            "arch": ARCH,
+            "base": opts.base,
+            "fragments": [kconfig.display_path(ctx.files[label]) for label in fragments],
+            "requested_options": len(requested),
+            "modules": modules,
+            "debs": debs,
+        }
+        (out / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _fragments(self, ctx: StageContext) -> dict[str, list[Setting]]:
+        """The fragment files, in label order ``fragment0``, ``fragment1``, ..."""
+        labels = sorted((k for k in ctx.files if k.startswith("fragment")),
+                        key=lambda k: int(k[len("fragment"):] or "-1"))
+        frags: dict[str, list[Setting]] = {}
+        for label in labels:
+            path = ctx.files[label]
+            if not path.is_file():
+                raise InputError(f"Kconfig fragment not found: {path}", where=f"stage {ctx.node}")
+            frags[label] = kconfig.parse_fragment(path)
+        return frags
+
+    def _link_tree(self, ctx: StageContext, tree: Path, src: Path) -> None:
+        """A copy of the tree made of hard links (symlinks across filesystems): instant,
+        and the cached tree is only ever read."""
+        if src.exists():
+            shutil.rmtree(src)
+        src.parent.mkdir(parents=True, exist_ok=True)
+        same_fs = os.stat(tree).st_dev == os.stat(src.parent).st_dev
+        ctx.run(["cp", "-al" if same_fs else "-as", str(tree.absolute()), str(src)])
+
+    def _env(self, ctx: StageContext) -> dict[str, str]:
+        ctx.cache.ccache_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "CCACHE_DIR": str(ctx.cache.ccache_dir),
+            "CCACHE_BASEDIR": str(ctx.work),
+            "CCACHE_NOHASHDIR": "1",
+            "KBUILD_BUILD_USER": "xenforge",
+            "KBUILD_BUILD_HOST": "xenforge",
+            "KBUILD_BUILD_VERSION": "1",
+        }
+        env["KBUILD_BUILD_TIMESTAMP"] = _timestamp(base_env())
+        return env
+
+    def _package(self, ctx: StageContext, make: list[str], env: dict[str, str],
+                 release: str) -> list[str]:
+        """``make bindeb-pkg`` on the built tree: linux-image (and linux-headers) .debs."""
+        pkg_env = {
+            **env,
+            "KDEB_PKGVERSION": f"{release}-1",
+            "KDEB_SOURCENAME": "linux-xenforge",
+            "KDEB_CHANGELOG_DIST": "bookworm",
+            "DEBEMAIL": "xenforge <xenforge@localhost>",
+            "INSTALL_MOD_STRIP": "1",
+        }
+        ctx.run([*make, "DPKG_FLAGS=-d", "bindeb-pkg"], env=pkg_env)
+        debs = []
+        for deb in sorted(ctx.work.glob("*.deb")):
+            if deb.name.startswith("linux-libc-dev_"):
+                ctx.note(f"not kept: {deb.name} (it would replace Debian's libc headers)")
+                continue
+            shutil.copyfile(deb, ctx.out / deb.name)
+            debs.append(deb.name)
+        image = [d for d in debs if d.startswith(f"linux-image-{release}_")]
+        if not image:
+            raise StageFailed(ctx.node, f"bindeb-pkg made no linux-image-{release} package "
+                              f"(made: {', '.join(debs) or 'nothing'})", log=ctx.log)
+        listing = ctx.run(["dpkg-deb", "-c", str(ctx.out / image[0])], capture=True).stdout
+        wants = [f"./boot/vmlinuz-{release}"]
+        if (ctx.out / "modules").is_dir():
+            wants.append(f"./lib/modules/{release}/")
+        for want in wants:
+            if want not in listing:
+                raise StageFailed(ctx.node, f"{image[0]} lacks {want}", log=ctx.log)
+        return debs
