@@ -113,7 +113,22 @@ def _cmd_build(args: argparse.Namespace) -> int:
         )
         for a in artifacts:
             print(f"  {a.path.as_posix():<48} {human_size(a.size):>10}  {a.sha256}")
+    if args.test or _tests_after_build(args):
+        from xenforge.hosttest import test_built
+        from xenforge.recipe.load import load_recipe
+        from xenforge.recipe.model import TestsSection
+
+        settings = load_recipe(Path(args.recipe)).recipe.tests or TestsSection()
+        outcome = test_built(out_dir, cache=cache, progress=progress, settings=settings)
+        return _report(outcome)
     return 0
+
+
+def _tests_after_build(args: argparse.Namespace) -> bool:
+    from xenforge.recipe.load import load_recipe
+
+    tests = load_recipe(Path(args.recipe)).recipe.tests
+    return bool(tests and tests.after_build) and not args.target
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
@@ -140,6 +155,108 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             print(f"{verb} {e.id[:12]} {e.node} ({human_size(e.size)})")
         print(f"{verb} {len(removed)} objects, {human_size(sum(e.size for e in removed))}")
     return 0
+
+
+def _recipe_and_out(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from xenforge.recipe.load import load_recipe
+    from xenforge.recipe.model import TestsSection
+
+    loaded = load_recipe(Path(args.recipe))
+    return loaded, loaded.recipe.tests or TestsSection(), Path(args.out) / loaded.name
+
+
+def _report(outcome) -> int:  # type: ignore[no-untyped-def]
+    print(outcome.summary())
+    return 0 if outcome.ok else 1
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from xenforge.hosttest import test_built, test_host
+    from xenforge.progress import Progress
+
+    loaded, settings, out = _recipe_and_out(args)
+    junit = Path(args.junit) if args.junit else out / "test-results" / "junit.xml"
+    if args.host:
+        log = _cache(args).root / "logs" / loaded.name / "verify-host.log"
+        identity = Path(args.identity) if args.identity else None
+        return _report(
+            test_host(
+                args.host, out=out, settings=settings, junit=junit, log=log, identity=identity
+            )
+        )
+    progress = Progress(quiet=args.quiet, plain=True)
+    return _report(
+        test_built(
+            out,
+            cache=_cache(args),
+            progress=progress,
+            settings=settings,
+            firmware=args.firmware,
+            junit=junit,
+        )
+    )
+
+
+def _cmd_boot(args: argparse.Namespace) -> int:
+    from xenforge.boot import Session, kvm_works
+    from xenforge.hosttest import boot_target
+
+    loaded, settings, out = _recipe_and_out(args)
+    cache = _cache(args)
+    target = boot_target(out, firmware=args.firmware, settings=settings)
+    run_dir = cache.root / "run" / loaded.name
+    logs = cache.root / "logs" / loaded.name
+    kvm = kvm_works(cache.root, target.kernel, logs / "kvm-probe.log")
+    print(
+        f"booting {target.disk} ({target.firmware}, {'KVM' if kvm else 'TCG'}); "
+        f"console log: {run_dir / 'serial.log'}",
+        flush=True,
+    )
+    with Session(target, workdir=run_dir, log=logs / "qemu.log", kvm=kvm) as vm:
+        took = vm.wait_ready(args.timeout or settings.boot.timeout)
+        (run_dir / "state.json").write_text(json.dumps(vm.state(), indent=2))
+        print(
+            f"ready after {took:.0f}s: {vm.ssh_url}\n"
+            f"  shell:  xenforge ssh {args.recipe}\n"
+            f"  tests:  xenforge test {args.recipe} --host {vm.ssh_url}"
+            + (f" --identity {target.key}" if target.key else "")
+            + "\n  stop:   Ctrl-C (or SIGTERM)",
+            flush=True,
+        )
+        try:
+            while vm.vm.running():
+                time.sleep(1)
+        finally:
+            (run_dir / "state.json").unlink(missing_ok=True)
+    return 0
+
+
+def _cmd_ssh(args: argparse.Namespace) -> int:
+    from xenforge.recipe.load import load_recipe
+
+    name = load_recipe(Path(args.recipe)).name
+    state_file = _cache(args).root / "run" / name / "state.json"
+    if not state_file.is_file():
+        raise InputError(
+            f"no running VM for {name}", hint=f"start one: xenforge boot {args.recipe}"
+        )
+    state = json.loads(state_file.read_text())
+    argv = [
+        "ssh",
+        "-p",
+        str(state["port"]),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    if state.get("key"):
+        argv += ["-i", state["key"]]
+    argv += [f"{state['user']}@127.0.0.1", *args.command]
+    os.execvp("ssh", argv)
+    return 0  # not reached
 
 
 def _parse_size(text: str) -> int:
@@ -213,7 +330,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("-q", "--quiet", action="store_true", help="only errors")
     b.add_argument("--plain", action="store_true", help="plain log lines, no live view")
+    b.add_argument(
+        "--test",
+        action="store_true",
+        help="then boot the result and run the test suites (xenforge test)",
+    )
     b.set_defaults(func=_cmd_build)
+
+    t = sub.add_parser(
+        "test",
+        parents=[common],
+        help="boot the recipe's dom0 image (or use --host) and run the suites",
+    )
+    t.add_argument("recipe", metavar="RECIPE")
+    t.add_argument(
+        "--host",
+        metavar="URL",
+        help="test this machine instead of booting one (ssh://root@HOST[:PORT], paramiko://...)",
+    )
+    t.add_argument("--identity", metavar="KEY", help="SSH private key for --host")
+    t.add_argument("--firmware", choices=["bios", "uefi"], help="boot firmware")
+    t.add_argument(
+        "--junit", metavar="FILE", help="JUnit XML (default: out/RECIPE/test-results/junit.xml)"
+    )
+    t.add_argument("-o", "--out", default="out", help="where the build put its artifacts")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=_cmd_test)
+
+    bo = sub.add_parser(
+        "boot", parents=[common], help="boot the recipe's dom0 image in QEMU until Ctrl-C"
+    )
+    bo.add_argument("recipe", metavar="RECIPE")
+    bo.add_argument("--firmware", choices=["bios", "uefi"])
+    bo.add_argument("--timeout", type=int, help="seconds to wait for readiness")
+    bo.add_argument("-o", "--out", default="out", help="where the build put its artifacts")
+    bo.set_defaults(func=_cmd_boot)
+
+    sh = sub.add_parser("ssh", parents=[common], help="a shell on the VM `xenforge boot` runs")
+    sh.add_argument("recipe", metavar="RECIPE")
+    sh.add_argument("command", nargs=argparse.REMAINDER, help="a command to run instead")
+    sh.set_defaults(func=_cmd_ssh)
 
     c = sub.add_parser("cache", parents=[common], help="inspect or clean the cache")
     csub = c.add_subparsers(dest="cache_cmd", required=True, metavar="ACTION")

@@ -7,6 +7,7 @@ import json
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,8 @@ def run_suites(
     expect: dict[str, Any],
     junit: Path,
     log: Path,
-    builtin: list[str] | tuple[str, ...] = ("dom0", "guests"),
-    extra: list[Path] | tuple[Path, ...] = (),
+    builtin: Sequence[str] = ("dom0", "guests"),
+    extra: Sequence[Path] = (),
     identity: Path | None = None,
     throwaway_host: bool = False,
     timeout: float = 1800,

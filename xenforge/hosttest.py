@@ -1,0 +1,59 @@
+"""``xenforge test``: boot a build's dom0 image (or take a real host), run the suites, stop."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from xenforge.boot import Session, Target, kvm_works
+from xenforge.cache import Cache
+from xenforge.outputs import expectations, find_dom0
+from xenforge.progress import Progress
+from xenforge.recipe.model import TestsSection
+from xenforge.verify import Outcome, run_suites
+
+
+def boot_target(out: Path, *, firmware: str | None, settings: TestsSection) -> Target:
+    host = find_dom0(out)
+    fw = firmware or settings.boot.firmware
+    if fw not in host.firmware:
+        fw = host.firmware[0]
+    return Target(disk=host.disk, firmware=fw,  # type: ignore[arg-type]
+                  memory=settings.boot.memory, cpus=settings.boot.cpus, key=host.key,
+                  user=host.user, kernel=_dom0_kernel(out))
+
+
+def _dom0_kernel(out: Path) -> Path | None:
+    found = sorted(out.glob("kernel-*/vmlinuz"))
+    return found[0] if found else None
+
+
+def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSection,
+               firmware: str | None = None, junit: Path | None = None) -> Outcome:
+    """Boot the dom0 image a build exported to ``out`` and run the suites against it."""
+    logs = cache.root / "logs" / out.name
+    target = boot_target(out, firmware=firmware, settings=settings)
+    kvm = kvm_works(cache.root, target.kernel, logs / "kvm-probe.log")
+    progress.line(f"boot   {target.disk.name if target.disk else target.iso} "
+                  f"({target.firmware}, {'KVM' if kvm else 'TCG'}); console: "
+                  f"{cache.root / 'run' / out.name / 'serial.log'}")
+    start = time.monotonic()
+    with Session(target, workdir=cache.root / "run" / out.name, log=logs / "qemu.log",
+                 kvm=kvm) as vm:
+        took = vm.wait_ready(settings.boot.timeout)
+        progress.line(f"ready  {vm.ssh_url} after {took:.0f}s")
+        outcome = run_suites(vm.ssh_url, expect=expectations(out),
+                             junit=junit or out / "test-results" / "junit.xml",
+                             log=logs / "verify.log", builtin=settings.builtin,
+                             extra=settings.suites, identity=target.key, throwaway_host=True)
+        progress.line(f"tests  {outcome.tests} checks in {outcome.seconds:.0f}s; "
+                      f"stopping the VM ({time.monotonic() - start:.0f}s since boot)")
+    return outcome
+
+
+def test_host(url: str, *, out: Path | None, settings: TestsSection, junit: Path,
+              log: Path, identity: Path | None = None) -> Outcome:
+    """Run the suites against an existing machine (real hardware), booting nothing."""
+    expect = expectations(out) if out is not None and out.is_dir() else {}
+    return run_suites(url, expect=expect, junit=junit, log=log, builtin=settings.builtin,
+                      extra=settings.suites, identity=identity)
