@@ -113,7 +113,7 @@ def built() -> dict[str, xb.Built]:
     return {"hypervisor": xb.hypervisor(cache, tree), "toolstack": xb.toolstack(cache, tree)}
 
 
-@pytest.mark.parametrize("firmware", ["bios"])
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_built_xen_boots_dom0_and_toolstack(built: dict[str, xb.Built], tmp_path: Path,
                                             firmware: str) -> None:
     cache = xb.test_cache()
