@@ -65,3 +65,56 @@ def test_tree_input_must_be_a_linux_tree(tmp_path: Path) -> None:
     (tmp_path / "tree-node" / "tree").mkdir(parents=True)
     with pytest.raises(StageFailed, match="is not a Linux source tree"):
         KernelStage().run(_ctx(tmp_path, {}))
+
+
+# -- the persistent build dir of incremental builds ------------------------------------------
+
+
+def _frag_ctx(tmp_path: Path, node: str = "kernel:dom0", **options: object) -> StageContext:
+    frag = tmp_path / "dom0.config"
+    frag.write_text("CONFIG_XEN=y\n")
+    ctx = _ctx(tmp_path, {"fragment0": frag}, **options)
+    ctx.node = node
+    return ctx
+
+
+def _root(ctx: StageContext) -> Path:
+    stage = KernelStage()
+    with stage._build_root(ctx, stage._fragments(ctx)) as root:
+        return root
+
+
+def test_not_incremental_builds_in_the_work_dir(tmp_path: Path) -> None:
+    ctx = _frag_ctx(tmp_path, incremental=False)
+    assert _root(ctx) == ctx.work
+
+
+def test_one_persistent_dir_per_tree_and_kernel(tmp_path: Path) -> None:
+    a = _root(_frag_ctx(tmp_path))
+    assert a.parent == tmp_path / "cache" / "kbuild" and a.name.startswith("kernel-dom0-")
+    assert _root(_frag_ctx(tmp_path)) == a  # a fragment's content is not part of the key
+    assert _root(_frag_ctx(tmp_path, node="kernel:guest")) != a
+    assert not (a / ".xenforge-incomplete").exists()
+
+
+def test_interrupted_build_dir_is_wiped_but_refused_config_is_kept(tmp_path: Path) -> None:
+    stage = KernelStage()
+    ctx = _frag_ctx(tmp_path)
+    frags = stage._fragments(ctx)
+    with pytest.raises(StageFailed), stage._build_root(ctx, frags) as root:
+        (root / "objects").write_text("kept")
+        raise StageFailed("kernel:dom0", "an option was dropped")
+    assert (root / "objects").exists() and not (root / ".xenforge-incomplete").exists()
+    with pytest.raises(RuntimeError), stage._build_root(ctx, frags) as root:
+        raise RuntimeError("compiler crashed")
+    assert (root / ".xenforge-incomplete").exists()
+    with stage._build_root(ctx, frags) as again:
+        assert again == root and not (root / "objects").exists()
+
+
+def test_busy_persistent_dir_falls_back_to_the_work_dir(tmp_path: Path) -> None:
+    stage = KernelStage()
+    ctx = _frag_ctx(tmp_path)
+    frags = stage._fragments(ctx)
+    with stage._build_root(ctx, frags) as first, stage._build_root(ctx, frags) as second:
+        assert first != ctx.work and second == ctx.work
