@@ -147,11 +147,11 @@ class Vm:
     def stop(self) -> None:
         """Stop QEMU: ``quit`` on the monitor, then SIGKILL; waits until it is gone."""
         if self._thread.is_alive():
-            with contextlib.suppress(OSError):
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(5)
-                    s.connect(str(self.workdir / "monitor.sock"))
-                    s.sendall(b"quit\n")
+            with contextlib.suppress(OSError), \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(str(self.workdir / "monitor.sock"))
+                s.sendall(b"quit\n")
             self._thread.join(15)
         if self._thread.is_alive():
             self._kill_pidfile()

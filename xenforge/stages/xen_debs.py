@@ -6,7 +6,8 @@ Files: ``templates`` (optional): a copy of the packaging data folder to use inst
 changes the node id).
 Options: ``version`` (the spec's Xen version), ``source`` (where the source came from, e.g.
 ``apt:xen=4.17.5+72-g01140da4e8-1``), ``revision`` (``xenforge1``), ``lintian``.
-Outputs: ``*.deb``, ``packages.json`` (name, version, file, sha256 of each package) and
+Outputs: ``*.deb``, ``packages.json`` (name, version, file, sha256 and lintian warnings of
+each package) and
 ``lintian.txt`` (every lintian finding; errors fail the stage, the warnings are listed).
 
 What goes into which package, the relationships with Debian's own Xen packages, the
@@ -110,7 +111,7 @@ def render(env: jinja2.Environment, value: Any, variables: dict[str, Any]) -> An
 
 class XenDebsStage(Stage):
     name: ClassVar[str] = "xen-debs"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     Options: ClassVar[type[StageOptions]] = XenDebsOptions
     artifacts: ClassVar[tuple[str, ...]] = ("*.deb", "packages.json", "lintian.txt")
     tdir: Path = TEMPLATES
@@ -211,7 +212,8 @@ class XenDebsStage(Stage):
         self._lintian(ctx, opts, tdir, packages)
         write_json(ctx.out / "packages.json", {"packages": [
             {"name": p["name"], "version": p["version"], "file": p["deb"].name,
-             "sha256": sha256_file(p["deb"]), "build_id": p["build_id"]}
+             "sha256": sha256_file(p["deb"]), "build_id": p["build_id"],
+             "lintian_warnings": p.get("lintian_warnings", [])}
             for p in packages], "source": opts.source, "xen_version": xen_version})
 
     def _input_of(self, pkg: dict[str, Any]) -> str:
@@ -305,6 +307,7 @@ class XenDebsStage(Stage):
             lines.extend(report.text.splitlines())
             ctx.note(f"lintian {pkg['deb'].name}:\n{report.text.rstrip()}")
             errors.extend(f"{pkg['name']}: {e}" for e in report.errors)
+            pkg["lintian_warnings"] = report.warnings
             for w in report.warnings:
                 ctx.note(f"lintian warning: {pkg['name']}: {w}")
         report_path.write_text("\n".join(lines) + "\n")
