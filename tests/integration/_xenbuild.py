@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,18 +88,15 @@ def run_stage(cache: Cache, stage: str, options: Mapping[str, Any], *,
             return Built(node_id, cache.out(node_id), log, 0.0, True)
         log.write_text(f"[test] node {stage} id {node_id}\n")
         work = cache.work(node_id)
-        start = time.monotonic()
         with cache.staging(node_id) as staging:
             ctx = StageContext(node=node or stage, node_id=node_id, options=opts,
                                inputs={k: b.out for k, b in inputs.items()}, files=files,
                                out=staging / "out", work=work, log=log, cache=cache,
                                jobs=jobs)
-            if cls.heavy:
-                with heavy_lock():
-                    cls().run(ctx)
-            else:
+            with heavy_lock() if cls.heavy else nullcontext():
+                start = time.monotonic()  # the time waiting for the lock does not count
                 cls().run(ctx)
-            seconds = time.monotonic() - start
+                seconds = time.monotonic() - start
             cache.commit(node_id, staging, {"node": ctx.node, "id": node_id, "stage": stage,
                                             "key": key, "seconds": round(seconds, 1)})
         shutil.rmtree(work, ignore_errors=True)

@@ -72,7 +72,7 @@ def config_labels(files: Mapping[str, Path]) -> list[str]:
 
 class HypervisorStage(Stage):
     name: ClassVar[str] = "hypervisor"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     Options: ClassVar[type[StageOptions]] = HypervisorOptions
     artifacts: ClassVar[tuple[str, ...]] = (
         "xen.gz", "xen.efi", "xen-syms", "xen.config", "build-info.json")
@@ -130,7 +130,7 @@ class HypervisorStage(Stage):
             "build_id": build_id,
             "extraversion": full_extra,
             "full_version": f"{version}+{build_id}",
-            "debug": opts.debug,
+            "debug": final.get("DEBUG") == "y",
             "efi": efi,
             "compiler": _compile_h(xen, "XEN_COMPILER"),
             "fragments": [s.render() for s in requested.values()],
