@@ -118,14 +118,14 @@ def overhead_mib(firmware: Collection[str], esp_mib: int = 64) -> int:
 
 
 def early_config(fs_uuid: str) -> str:
-    """The config embedded in the GRUB images: find the root fs, load its grub.cfg."""
+    """The config embedded in the GRUB images: find the root fs, load its grub.cfg.
+
+    It runs before ``normal`` is active, in GRUB's rescue parser: plain commands only (an
+    ``if`` here silently leaves GRUB at its prompt)."""
     return (
-        f"if search --no-floppy --fs-uuid --set=root {fs_uuid}; then\n"
-        "  set prefix=($root)/boot/grub\n"
-        "  configfile $prefix/grub.cfg\n"
-        "else\n"
-        f'  echo "xenforge: no filesystem with UUID {fs_uuid}; is this the right disk?"\n'
-        "fi\n"
+        f"search --no-floppy --fs-uuid --set=root {fs_uuid}\n"
+        "set prefix=($root)/boot/grub\n"
+        "configfile $prefix/grub.cfg\n"
     )
 
 

@@ -67,7 +67,8 @@ def _unescape(path: str) -> str:
 
 
 def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+    base = root.rstrip("/")
+    return path == base or path.startswith(base + "/")
 
 
 def mounts_under(root: Path) -> list[str]:

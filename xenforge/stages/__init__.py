@@ -14,6 +14,8 @@ REGISTRY: dict[str, str] = {
     "toolstack": "xenforge.stages.toolstack:ToolstackStage",
     "xen-debs": "xenforge.stages.xen_debs:XenDebsStage",
     "kernel": "xenforge.stages.kernel:KernelStage",
+    "apt-repo": "xenforge.stages.apt_repo:AptRepoStage",
+    "image": "xenforge.stages.image:ImageStage",
 }
 
 
