@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xenforge.kconfig import PREFIX, Mismatch, Setting
+from xenforge.kconfig import PREFIX, Mismatch, Setting, values_match
 
 # -- expressions ---------------------------------------------------------------------------
 
@@ -474,7 +474,10 @@ class Explainer:
             return text
         name = str(e[1])
         state = self._state(name)
-        if name in self.requested:
+        req = self.requested.get(name)
+        if req is not None:
+            if values_match(req.value, self.final.get(name)):
+                return f"{name} ({state}, as {req.where} asks)"
             return f"{name} ({state}; requested too, see its own entry)"
         d = self.index.definition(name)
         if d is None:

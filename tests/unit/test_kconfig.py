@@ -213,6 +213,12 @@ def test_dependency_that_is_requested_too_points_at_its_own_entry() -> None:
     assert "XEN_BACKEND (not set; requested too, see its own entry)" in msgs[1]
 
 
+def test_dependency_switched_off_on_purpose_names_the_fragment_line() -> None:
+    final = {"NET": "y", "XEN": "y", "XEN_DOM0": "y"}
+    [msg] = _explain("# CONFIG_XEN_BACKEND is not set\nCONFIG_XEN_NETDEV_BACKEND=y\n", final)
+    assert "unmet: XEN_BACKEND (not set, as kernel_patches/linux-6.1/dom0.config:1 asks)" in msg
+
+
 def test_menu_dependency_is_inherited() -> None:
     [msg] = _explain("CONFIG_XEN_BACKEND=y\n", {})
     assert "(depends on: XEN && XEN_DOM0; unmet: XEN (not set; " in msg
