@@ -200,7 +200,13 @@ def _describe(spec: SourceSpec) -> str:
 
 
 #: the planners of each recipe section, in order (later issues add images, iso, ...)
-SECTION_PLANNERS = (_plan_hypervisor, _plan_kernels)
+def _plan_images(graph: Graph, loaded: LoadedRecipe) -> None:
+    from xenforge.plan_images import plan_images
+
+    plan_images(graph, loaded)
+
+
+SECTION_PLANNERS = (_plan_hypervisor, _plan_kernels, _plan_images)
 
 
 def plan(loaded: LoadedRecipe) -> Graph:
