@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ class Executor:
         self.progress = progress
         self.jobs = jobs or os.cpu_count() or 2
         self.logs_dir = logs_dir or cache.root / "logs" / graph.recipe
-        self.heavy = threading.Semaphore(1)
         self.results: dict[str, NodeResult] = {}
 
     def log_path(self, node: Node) -> Path:
@@ -51,16 +49,27 @@ class Executor:
             self.progress.line(f"stopped {len(orphans)} process(es) a killed build left running")
         pending = dict(self.graph.nodes)
         failed = False
-        with cf.ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
+        # heavy (compiler) nodes run one at a time, each with -j jobs; light nodes (fetches,
+        # packaging) run beside them, so the pool has room for both
+        heavy_running: set[cf.Future[NodeResult]] = set()
+        with cf.ThreadPoolExecutor(max_workers=self.jobs + 2) as pool:
             running: dict[cf.Future[NodeResult], str] = {}
             while pending or running:
                 if not failed:
                     for name, node in list(pending.items()):
                         deps = node.inputs.values()
-                        if all(d in self.results and self.results[d].status in ("cached", "built")
-                               for d in deps):
-                            del pending[name]
-                            running[pool.submit(self._run_node, node)] = name
+                        if not all(d in self.results
+                                   and self.results[d].status in ("cached", "built")
+                                   for d in deps):
+                            continue
+                        heavy = get_stage(node.stage).heavy and not self.cache.has(node.id)
+                        if heavy and heavy_running:
+                            continue
+                        del pending[name]
+                        fut = pool.submit(self._run_node, node)
+                        running[fut] = name
+                        if heavy:
+                            heavy_running.add(fut)
                 if not running:
                     break
                 try:
@@ -70,6 +79,7 @@ class Executor:
                     cf.wait(running)
                     raise
                 for fut in done:
+                    heavy_running.discard(fut)
                     name = running.pop(fut)
                     result = fut.result()
                     self.results[name] = result
@@ -86,8 +96,7 @@ class Executor:
             self.progress.line(f"cached {node.name}  {node.id[:12]}")
             return NodeResult(node.name, node.id, "cached", out=self.cache.out(node.id))
         stage_cls = get_stage(node.stage)
-        gate = self.heavy if stage_cls.heavy else _NoGate()
-        with gate, self.cache.lock(node.id):
+        with self.cache.lock(node.id):
             if self.cache.has(node.id):  # another build made it while we waited
                 self.progress.line(f"cached {node.name}  {node.id[:12]} (built by another run)")
                 return NodeResult(node.name, node.id, "cached", out=self.cache.out(node.id))
@@ -143,11 +152,3 @@ def _as_stage_failure(node: Node, exc: XenforgeError, log: Path) -> StageFailed:
         err = StageFailed(node.name, exc.message, log=log, hint=exc.hint)
     err.__cause__ = exc
     return err
-
-
-class _NoGate:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

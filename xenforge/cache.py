@@ -10,7 +10,8 @@ Layout below the cache root (``~/.cache/xenforge`` by default)::
     refs/<recipe>/<node>.json       the latest id built for a recipe's node (for "why rebuilt")
     work/<id>/                      scratch space of a running stage
     downloads/sha256/<hash>         fetched source files, by checksum
-    ccache/                         the compiler cache shared by all builds
+    ccache/                         the compiler cache, shared by all builds and all caches
+                                    of the user ($XENFORGE_CCACHE_DIR overrides)
 
 An object directory exists only once complete (rename is atomic), so a build killed at any
 moment leaves at most a stale ``tmp/`` or ``work/`` entry, which is never read and is removed
@@ -62,7 +63,10 @@ class Cache:
         self.refs_dir = self.root / "refs"
         self.work_dir = self.root / "work"
         self.downloads_dir = self.root / "downloads"
-        self.ccache_dir = self.root / "ccache"
+        # one compiler cache for every xenforge cache on this machine (a test's or CI shard's
+        # own --cache-dir still compiles warm); ccache is content-addressed, so sharing is safe
+        self.ccache_dir = Path(os.environ.get("XENFORGE_CCACHE_DIR")
+                               or default_root() / "ccache").absolute()
         try:
             for d in (self.objects_dir, self.tmp_dir, self.locks_dir, self.refs_dir,
                       self.work_dir, self.downloads_dir, self.ccache_dir):

@@ -33,7 +33,7 @@ def _wait_ready(host: Any, log: str, offset: int, timeout: int) -> str:
 
 
 def _listed(host: Any, name: str) -> bool:
-    return host.run(f"xl list {shlex.quote(name)}").rc == 0
+    return bool(host.run(f"xl list {shlex.quote(name)}").rc == 0)
 
 
 def test_guest_lifecycle(host: Any, guest: dict[str, Any]) -> None:
