@@ -101,7 +101,8 @@ def test_dropped_kconfig_option_is_a_clear_error(cache: xb.Cache, tree: xb.Built
     assert "needs-guest.config:2: CONFIG_PV_SHIM=y was dropped" in text
     assert "XEN_GUEST" in text  # the unmet dependency is named
     assert "needs-guest.config:3: CONFIG_NO_SUCH_OPTION=y was dropped" in text
-    assert "xen-4.17.config" not in text  # the spec's own options all survived
+    # the spec's own options all survived (its file may be named as the reason, not listed)
+    assert not re.search(r"^\s*xen-4\.17\.config:\d+: CONFIG_", text, re.M), text
     assert set(cache.objects_dir.glob("*/*")) == before  # nothing was committed
 
 
