@@ -16,6 +16,10 @@ from xenforge.sources import PathSource, SourceSpec, identity
 from xenforge.stages import get_stage
 
 
+#: the packaging data of the xen-debs stage (control files, maintainer scripts, overrides)
+XEN_DEBS_TEMPLATES = Path(__file__).resolve().parent / "templates" / "xen-debs"
+
+
 @dataclass
 class Node:
     name: str  # unique in the graph, e.g. "kernel:dom0"
@@ -172,7 +176,8 @@ def _plan_hypervisor(graph: Graph, loaded: LoadedRecipe) -> None:
         graph.add(Node(
             name="xen-debs", stage="xen-debs",
             inputs={"hypervisor": hyp.name, "toolstack": tools.name},
-            options={"version": spec.version, "source": _describe(source)}))
+            options={"version": spec.version, "source": _describe(source)},
+            files={"templates": XEN_DEBS_TEMPLATES}))
 
 
 def _plan_kernels(graph: Graph, loaded: LoadedRecipe) -> None:
