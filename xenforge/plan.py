@@ -15,7 +15,6 @@ from xenforge.recipe.load import LoadedRecipe
 from xenforge.sources import PathSource, SourceSpec, identity
 from xenforge.stages import get_stage
 
-
 #: the packaging data of the xen-debs stage (control files, maintainer scripts, overrides)
 XEN_DEBS_TEMPLATES = Path(__file__).resolve().parent / "templates" / "xen-debs"
 
