@@ -47,7 +47,6 @@ def test_linux_image_deb_installs_and_gets_an_initramfs(tmp_path: Path) -> None:
     # the package's postinst ran initramfs-tools' kernel hook
     initrd = boot / f"initrd.img-{release}"
     assert initrd.is_file(), res.stdout
-    assert f"update-initramfs: Generating /boot/initrd.img-{release}" in res.stdout
     listing = chroot(root, "lsinitramfs", f"/boot/initrd.img-{release}").stdout
     assert re.search(r"^init$", listing, re.M), listing[:2000]
     assert re.search(rf"^(usr/)?lib/modules/{re.escape(release)}/modules\.dep$", listing, re.M)
