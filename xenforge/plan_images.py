@@ -56,7 +56,8 @@ def plan_images(graph: Graph, loaded: LoadedRecipe) -> None:
         if img.role == "dom0":
             options["guests"] = [
                 {"name": g.name, "type": g.type, "memory": g.memory, "vcpus": g.vcpus,
-                 "autostart": g.autostart, "bridge": g.bridge} for g, _ in guests]
+                 "autostart": g.autostart, "bridge": g.bridge,
+                 "tsc_mode": getattr(g, "tsc_mode", None) or "default"} for g, _ in guests]
             inputs.update({f"guest{i}": node for i, (_, node) in enumerate(guests)})
         graph.add(Node(name=f"image:{key}", stage="image", inputs=inputs, options=options,
                        files={"elements": IMAGE_ELEMENTS}))
@@ -93,14 +94,9 @@ def _debs(graph: Graph, loaded: LoadedRecipe, img: ImageSection) -> list[str]:
 
 def _merge_guest(graph: Graph, sub: LoadedRecipe, guest: str) -> str:
     """Plan a guest recipe and merge its nodes; return the name of its guest image node."""
-    from xenforge.plan import SECTION_PLANNERS, Graph, compute_ids
+    from xenforge.plan import compute_ids, plan
 
-    subgraph = Graph(recipe=sub.name)
-    planners = SECTION_PLANNERS if plan_images in SECTION_PLANNERS else (
-        *SECTION_PLANNERS, plan_images)
-    for planner in planners:
-        planner(subgraph, sub)
-    compute_ids(subgraph)
+    subgraph = plan(sub)
     compute_ids(graph)
     by_id = {n.id: n.name for n in graph.nodes.values()}
     renamed: dict[str, str] = {}

@@ -15,8 +15,8 @@ import yaml
 
 from xenforge.cache import Cache
 from xenforge.errors import StageFailed
-from xenforge.plan import SECTION_PLANNERS, Graph, compute_ids
-from xenforge.plan_images import IMAGE_ELEMENTS, plan_images
+from xenforge.plan import Graph, plan
+from xenforge.plan_images import IMAGE_ELEMENTS
 from xenforge.recipe.load import load_recipe
 from xenforge.stages.apt_repo import AptRepoOptions, AptRepoStage
 from xenforge.stages.base import StageContext
@@ -142,14 +142,7 @@ def test_image_artifacts_cover_the_outputs() -> None:
 
 
 def plan_with_images(recipe: Path) -> Graph:
-    loaded = load_recipe(recipe)
-    g = Graph(recipe=loaded.name)
-    planners = SECTION_PLANNERS if plan_images in SECTION_PLANNERS else (
-        *SECTION_PLANNERS, plan_images)
-    for planner in planners:
-        planner(g, loaded)
-    compute_ids(g)
-    return g
+    return plan(load_recipe(recipe))
 
 
 def test_plan_host_with_guests() -> None:
@@ -193,3 +186,32 @@ def test_a_guest_recipe_with_another_kernel_gets_its_own_nodes(tmp_path: Path) -
     repo = g.nodes[g.nodes["image:guest-pv"].inputs["repo"]]
     assert repo.inputs == {"deb0": "kernel:guest@guest-pv"}
     assert g.nodes["image:guest-pvh"].inputs["repo"] != g.nodes["image:guest-pv"].inputs["repo"]
+
+
+def test_dib_environment_is_explicit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIB_RELEASE", "trixie")  # must not leak into the build
+    monkeypatch.setenv("DIB_SOMETHING", "x")
+    monkeypatch.setenv("ELEMENTS_PATH", "/elsewhere")
+    monkeypatch.setenv("http_proxy", "http://proxy:3128")
+    repo = tmp_path / "repo-node"
+    (repo / "repo").mkdir(parents=True)
+    opts = ImageOptions.model_validate({"name": "h", "role": "dom0", "release": "bookworm",
+                                        "security_mirror": "http://mirror/debian-security"})
+    work = tmp_path / "work"
+    work.mkdir()
+    ctx = StageContext(node="image:h", node_id="1" * 64, options=opts, inputs={"repo": repo},
+                       files={"elements": IMAGE_ELEMENTS}, out=tmp_path / "out", work=work,
+                       log=tmp_path / "log", cache=Cache(tmp_path / "cache"))
+    env = ImageStage()._env(ctx, opts, {"fs_uuid": "u", "root_partuuid": "p", "label": "l"},
+                            1000, tmp_path / "export")
+    assert env["DIB_RELEASE"] == "bookworm"
+    assert "DIB_SOMETHING" not in env
+    assert env["DIB_DEBIAN_SECURITY_MIRROR"] == "http://mirror/debian-security"
+    assert env["ELEMENTS_PATH"] == str(work / "elements")  # a private copy
+    assert (work / "elements" / "xen-dom0" / "README.rst").is_file()
+    assert env["TMPDIR"] == env["TMP_DIR"] and env["TMP_DIR"].startswith(str(work))
+    assert env["DIB_IMAGE_CACHE"].startswith(str(tmp_path / "cache"))
+    assert env["XENFORGE_APT_REPO"] == str(repo / "repo")
+    assert env["http_proxy"] == "http://proxy:3128"
+    assert not [k for k in env if not k.startswith(("DIB_", "XENFORGE_"))
+                and k not in {"PATH", "ELEMENTS_PATH", "TMP_DIR", "TMPDIR", "http_proxy"}]

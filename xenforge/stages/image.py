@@ -53,6 +53,8 @@ ROLE_ELEMENTS: dict[str, tuple[str, ...]] = {
              "xenforge-export"),
     "guest": ("debian-minimal", "openssh-server", "xen-domu", "xenforge-export"),
 }
+#: passed through to diskimage-builder when set (apt and debootstrap honour them)
+PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
 #: what a dom0 root filesystem needs besides its guests (MiB), for the early size check
 DOM0_BASE_MIB = 1536
 
@@ -66,6 +68,9 @@ class GuestEntry(BaseModel):
     vcpus: int = Field(1, ge=1)
     autostart: bool = False
     bridge: str = "xenbr0"
+    #: xl's tsc_mode; "native" where the (emulated) CPU has no invariant TSC, e.g. QEMU TCG,
+    #: on which Xen's RDTSC(P) emulation fails for PVH guests
+    tsc_mode: Literal["default", "native", "always_emulate", "native_paravirt"] = "default"
 
 
 class ImageOptions(StageOptions):
@@ -124,6 +129,7 @@ def xl_config(g: GuestEntry, guest_info: dict[str, Any]) -> str:
         f'cmdline = "{xl.get("cmdline", "root=/dev/xvda ro console=hvc0")}"',
         f"memory = {g.memory}",
         f"vcpus = {g.vcpus}",
+        *([f'tsc_mode = "{g.tsc_mode}"'] if g.tsc_mode != "default" else []),
         f'disk = [ "format=raw, vdev=xvda, access=rw, target={base}/disk.raw" ]',
         f'vif = [ "bridge={g.bridge}" ]',
         'on_crash = "preserve"',
@@ -265,7 +271,7 @@ class ImageStage(Stage):
         repo = ctx.inputs["repo"] / "repo" if "repo" in ctx.inputs else None
         env = {
             "PATH": f"{venv_bin}:{CLEAN_PATH}",
-            "ELEMENTS_PATH": str(ctx.files["elements"]),
+            "ELEMENTS_PATH": str(self._elements(ctx)),
             # DIB's mktemp -t prefers TMPDIR over TMP_DIR: both, so that every mount and
             # loop file of the build lies below the work dir (see xenforge.leftovers)
             "TMP_DIR": str(ctx.work / "dib-tmp"),
@@ -306,7 +312,19 @@ class ImageStage(Stage):
             "XENFORGE_ACCESS_USER": "xenforge",
             "XENFORGE_ACCESS_PUBKEY": "",
         }
+        for var in PROXY_VARS:  # the only things taken from the caller's environment
+            if os.environ.get(var):
+                env[var] = os.environ[var]
         return env
+
+    def _elements(self, ctx: StageContext) -> Path:
+        """A private copy of the elements: the build uses what the node id was computed
+        from, even if the folder is edited while diskimage-builder runs."""
+        copy = ctx.work / "elements"
+        if not copy.exists():
+            shutil.copytree(ctx.files["elements"], copy, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        return copy
 
     def _access_key(self, ctx: StageContext, opts: ImageOptions) -> str:
         key = ctx.out / "access_key"
@@ -381,8 +399,12 @@ class ImageStage(Stage):
                     raise StageFailed(ctx.node, f"the image has {p['name']} {installed}, not "
                                       f"the xenforge-built {p['version']}", log=ctx.log,
                                       hint="the apt pin on the local repository did not win")
+                if installed is None:
+                    raise StageFailed(ctx.node, f"{p['name']} from the local repository is not "
+                                      "installed in the image", log=ctx.log,
+                                      hint="see the xenforge-apt-repo lines in the log")
                 xenforge_pkgs.append({"name": p["name"], "version": p["version"],
-                                      "installed": installed is not None})
+                                      "installed": True})
         boot = export / "boot"
         kver = (boot / "kernel-version").read_text().strip() \
             if (boot / "kernel-version").is_file() else None
