@@ -1,8 +1,10 @@
-"""Run the Xen stages directly (source -> tree -> hypervisor/toolstack -> xen-debs) for the
-integration tests, with node ids and the cache the way the executor uses them.
+"""Build the Xen nodes for the integration tests.
 
-The lead's executor will replace this with ``xenforge build``; until then the tests build
-their own StageContext. Outputs are cached in ``$XENFORGE_TEST_CACHE`` (default
+The default recipe's nodes (``recipe_node``) go through the planner and the executor, exactly
+as ``xenforge build recipes/xen-host.yaml`` builds them, so they share their cache entries
+with the end-to-end test (one kernel and one Xen build per cold run). Variants that no recipe
+has (an extra Kconfig fragment, a broken patch series) run one stage directly
+(``run_stage``). Everything is cached in ``$XENFORGE_TEST_CACHE`` (default
 ``/var/tmp/xenforge-test-cache``) so that a second run is quick.
 """
 
@@ -21,12 +23,17 @@ from typing import Any
 
 import yaml
 
+from xenforge.build import Executor
 from xenforge.cache import Cache
 from xenforge.hashing import sha256_json, tree_hash
+from xenforge.plan import plan
+from xenforge.progress import Progress
+from xenforge.recipe.load import load_recipe
 from xenforge.stages import get_stage
 from xenforge.stages.base import StageContext
 
 REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "xen-host.yaml"
 SPEC = REPO / "hypervisor" / "xen-4.17.yaml"
 HEAVY_LOCK = Path("/tmp/xenforge-heavy.lock")
 
@@ -103,12 +110,28 @@ def run_stage(cache: Cache, stage: str, options: Mapping[str, Any], *,
     return Built(node_id, cache.out(node_id), log, seconds, False)
 
 
+def recipe_node(cache: Cache, name: str, recipe: Path = RECIPE) -> Built:
+    """Node ``name`` of ``recipe`` and what it needs, built (or reused) like ``xenforge
+    build --target NAME`` does; raises AssertionError with the failure if a node fails."""
+    graph = plan(load_recipe(recipe)).only([name])
+    logs = cache.root / "test-logs" / graph.recipe
+    with Progress(plain=True) as progress:
+        results = Executor(graph, cache, progress, jobs=2, logs_dir=logs).run()
+    failed = {n: r.error.render() for n, r in results.items() if r.error is not None}
+    assert not failed, failed
+    res = results[name]
+    assert res.out is not None, f"{name}: {res.status}"
+    return Built(res.id, res.out, logs / f"{name.replace(':', '-')}.log", res.seconds,
+                 res.status == "cached")
+
+
 def xen_source(cache: Cache) -> Built:
     return run_stage(cache, "source", {"spec": load_spec()["source"]})
 
 
 def xen_tree(cache: Cache, patches: Path | None = None) -> Built:
-    patches = patches or SPEC.parent / load_spec()["patches"]
+    if patches is None:
+        return recipe_node(cache, "tree:xen-4.17")
     return run_stage(cache, "tree", {}, inputs={"source": xen_source(cache)},
                      files={"patches": patches})
 
@@ -120,31 +143,16 @@ def fragments(spec: Mapping[str, Any], extra: list[Path] | None = None) -> dict[
 
 def hypervisor(cache: Cache, tree: Built, *, extra_fragments: list[Path] | None = None,
                **options: Any) -> Built:
+    if not extra_fragments and not options:
+        return recipe_node(cache, "hypervisor")
     spec = load_spec()
     return run_stage(cache, "hypervisor", {"version": spec["version"], **options},
                      inputs={"tree": tree}, files=fragments(spec, extra_fragments))
 
 
 def toolstack(cache: Cache, tree: Built) -> Built:
-    spec = load_spec()
-    return run_stage(cache, "toolstack",
-                     {"version": spec["version"], "configure": spec["toolstack"]["configure"]},
-                     inputs={"tree": tree})
-
-
-def source_description() -> str:
-    src = load_spec()["source"]
-    for kind in ("apt", "deb", "url"):
-        if kind in src:
-            return f"{kind}:{src[kind]}"
-    return f"path:{Path(src['path']).name}"
+    return recipe_node(cache, "toolstack")
 
 
 def xen_debs(cache: Cache, hyp: Built, tools: Built) -> Built:
-    spec = load_spec()
-    from xenforge.stages.xen_debs import TEMPLATES
-
-    return run_stage(cache, "xen-debs", {"version": spec["version"],
-                                         "source": source_description()},
-                     inputs={"hypervisor": hyp, "toolstack": tools},
-                     files={"templates": TEMPLATES})
+    return recipe_node(cache, "xen-debs")

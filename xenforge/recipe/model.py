@@ -89,6 +89,9 @@ class GuestSection(Model):
     vcpus: int = Field(1, ge=1, le=64)
     autostart: bool = False
     bridge: str = "xenbr0"
+    tsc_mode: Literal["default", "native", "always_emulate", "native_paravirt"] = Field(
+        "default", description="xl's tsc_mode; `native` for PVH guests under QEMU's TCG, "
+        "whose emulated RDTSCP Xen cannot handle")
 
 
 class IsoSection(Model):

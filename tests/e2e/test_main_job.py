@@ -1,0 +1,123 @@
+"""The README's main job end to end: the default recipe built from pinned sources, booted in
+QEMU, verified by the testinfra suites (dom0 health, PV and PVH guest lifecycle), and
+stopped; then `xenforge test --host` against a VM that `xenforge boot` runs.
+
+The cache is the integration tests' (``$XENFORGE_TEST_CACHE``): they build the recipe's Xen
+and kernel nodes through the same planner, so a cold run compiles each of them once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "xen-host.yaml"
+CACHE = Path(os.environ.get("XENFORGE_TEST_CACHE", "/var/tmp/xenforge-test-cache"))
+XENFORGE = [str(REPO / ".venv" / "bin" / "xenforge"), "--cache-dir", str(CACHE)]
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+
+def _qemus() -> list[str]:
+    out = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True)
+    return [ln for ln in out.stdout.splitlines() if "xenforge" in ln or "overlay" in ln]
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (diskimage-builder, loop devices)")
+    out = tmp_path_factory.mktemp("out")
+    res = subprocess.run(
+        [*XENFORGE, "build", str(RECIPE), "--plain", "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=5400,
+    )
+    assert res.returncode == 0, f"build failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return out / "xen-host"
+
+
+def test_build_exports_every_artifact_with_checksums(out_dir: Path) -> None:
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    paths = {a["path"] for a in manifest["artifacts"]}
+    for want in ("hypervisor/xen.gz", "image-xen-host/xen-host.qcow2", "image-xen-host/access_key"):
+        assert want in paths, f"{want} missing from the artifacts: {sorted(paths)}"
+    assert any(p.startswith("xen-debs/") and p.endswith(".deb") for p in paths)
+    assert any(p.startswith("kernel-dom0/") and p.endswith(".deb") for p in paths)
+    sums = (out_dir / "SHA256SUMS").read_text().splitlines()
+    assert len(sums) == len(paths)
+
+
+def test_booted_default_recipe_passes_the_suites(out_dir: Path) -> None:
+    junit = out_dir.parent / "junit.xml"
+    res = subprocess.run(
+        [*XENFORGE, "test", str(RECIPE), "-o", str(out_dir.parent), "--junit", str(junit)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert res.returncode == 0, f"suites failed:\n{res.stdout}\n{res.stderr[-3000:]}"
+    cases = {c.get("name", "") for c in ET.parse(junit).getroot().iter("testcase")}
+    lifecycles = [c for c in cases if c.startswith("test_guest_lifecycle")]
+    assert any(re.search(r"guest-pvh\b", c) for c in lifecycles), cases
+    assert any(re.search(r"guest-pv\b(?!h)", c) for c in lifecycles), cases
+    assert any("hypervisor_is_the_built_one" in c for c in cases), cases
+    assert not _qemus(), "a QEMU is still running after xenforge test"
+
+
+def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:
+    """What an operator does with real hardware: `xenforge test --host ssh://...`, here
+    against a VM that `xenforge boot` started."""
+    state = CACHE / "run" / "xen-host" / "state.json"
+    state.unlink(missing_ok=True)
+    boot = subprocess.Popen(
+        [*XENFORGE, "boot", str(RECIPE), "-o", str(out_dir.parent)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 1200
+        while not state.exists():
+            assert boot.poll() is None, (
+                f"xenforge boot exited:\n{boot.stdout and boot.stdout.read()}"
+            )
+            assert time.monotonic() < deadline, "the VM did not become ready"
+            time.sleep(3)
+        info = json.loads(state.read_text())
+        res = subprocess.run(
+            [
+                *XENFORGE,
+                "test",
+                str(RECIPE),
+                "-o",
+                str(out_dir.parent),
+                "--host",
+                info["ssh"],
+                "--identity",
+                info["key"],
+                "--junit",
+                str(tmp_path / "host.xml"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert res.returncode == 0, f"--host run failed:\n{res.stdout}\n{res.stderr[-2000:]}"
+    finally:
+        boot.send_signal(signal.SIGTERM)
+        boot.wait(timeout=180)
+    assert not _qemus(), "xenforge boot left QEMU running after SIGTERM"
