@@ -175,6 +175,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
     from xenforge.progress import Progress
 
     loaded, settings, out = _recipe_and_out(args)
+    if args.suite:
+        settings = settings.model_copy(update={"builtin": args.suite})
     junit = Path(args.junit) if args.junit else out / "test-results" / "junit.xml"
     if args.host:
         log = _cache(args).root / "logs" / loaded.name / "verify-host.log"
@@ -197,18 +199,32 @@ def _cmd_test(args: argparse.Namespace) -> int:
     )
 
 
+def _boot_what(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(name, target, settings) for ``xenforge boot``: a recipe's dom0 image, or a file."""
+    from xenforge.hosttest import BOOTABLE, artifact_target, boot_target
+    from xenforge.recipe.model import TestsSection
+
+    path = Path(args.recipe)
+    if path.suffix in BOOTABLE:
+        settings = TestsSection()
+        target = artifact_target(path, firmware=args.firmware, settings=settings)
+        return path.stem, target, settings
+    loaded, settings, out = _recipe_and_out(args)
+    return loaded.name, boot_target(out, firmware=args.firmware, settings=settings), settings
+
+
 def _cmd_boot(args: argparse.Namespace) -> int:
     from xenforge.boot import Session, kvm_works
-    from xenforge.hosttest import boot_target
+    from xenforge.hosttest import BOOTABLE
 
-    loaded, settings, out = _recipe_and_out(args)
+    name, target, settings = _boot_what(args)
+    recipe = "RECIPE" if Path(args.recipe).suffix in BOOTABLE else args.recipe
     cache = _cache(args)
-    target = boot_target(out, firmware=args.firmware, settings=settings)
-    run_dir = cache.root / "run" / loaded.name
-    logs = cache.root / "logs" / loaded.name
+    run_dir = cache.root / "run" / name
+    logs = cache.root / "logs" / name
     kvm = kvm_works(cache.root, target.kernel, logs / "kvm-probe.log")
     print(
-        f"booting {target.disk} ({target.firmware}, {'KVM' if kvm else 'TCG'}); "
+        f"booting {target.disk or target.iso} ({target.firmware}, {'KVM' if kvm else 'TCG'}); "
         f"console log: {run_dir / 'serial.log'}",
         flush=True,
     )
@@ -218,7 +234,7 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         print(
             f"ready after {took:.0f}s: {vm.ssh_url}\n"
             f"  shell:  xenforge ssh {args.recipe}\n"
-            f"  tests:  xenforge test {args.recipe} --host {vm.ssh_url}"
+            f"  tests:  xenforge test {recipe} --host {vm.ssh_url}"
             + (f" --identity {target.key}" if target.key else "")
             + "\n  stop:   Ctrl-C (or SIGTERM)",
             flush=True,
@@ -232,9 +248,11 @@ def _cmd_boot(args: argparse.Namespace) -> int:
 
 
 def _cmd_ssh(args: argparse.Namespace) -> int:
+    from xenforge.hosttest import BOOTABLE
     from xenforge.recipe.load import load_recipe
 
-    name = load_recipe(Path(args.recipe)).name
+    path = Path(args.recipe)
+    name = path.stem if path.suffix in BOOTABLE else load_recipe(path).name
     state_file = _cache(args).root / "run" / name / "state.json"
     if not state_file.is_file():
         raise InputError(
@@ -351,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--identity", metavar="KEY", help="SSH private key for --host")
     t.add_argument("--firmware", choices=["bios", "uefi"], help="boot firmware")
     t.add_argument(
+        "--suite",
+        action="append",
+        choices=["dom0", "guests"],
+        help="run only this built-in suite (repeatable; default: the recipe's tests.builtin)",
+    )
+    t.add_argument(
         "--junit", metavar="FILE", help="JUnit XML (default: out/RECIPE/test-results/junit.xml)"
     )
     t.add_argument("-o", "--out", default="out", help="where the build put its artifacts")
@@ -358,9 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_test)
 
     bo = sub.add_parser(
-        "boot", parents=[common], help="boot the recipe's dom0 image in QEMU until Ctrl-C"
+        "boot",
+        parents=[common],
+        help="boot the recipe's dom0 image (or a disk image or ISO file) in QEMU until Ctrl-C",
     )
-    bo.add_argument("recipe", metavar="RECIPE")
+    bo.add_argument("recipe", metavar="RECIPE|FILE")
     bo.add_argument("--firmware", choices=["bios", "uefi"])
     bo.add_argument("--timeout", type=int, help="seconds to wait for readiness")
     bo.add_argument("-o", "--out", default="out", help="where the build put its artifacts")

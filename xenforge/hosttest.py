@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from xenforge.boot import Session, Target, kvm_works
 from xenforge.cache import Cache
+from xenforge.errors import InputError
 from xenforge.outputs import expectations, find_dom0
 from xenforge.progress import Progress
 from xenforge.recipe.model import TestsSection
@@ -21,6 +23,32 @@ def boot_target(out: Path, *, firmware: str | None, settings: TestsSection) -> T
     return Target(disk=host.disk, firmware=fw,  # type: ignore[arg-type]
                   memory=settings.boot.memory, cpus=settings.boot.cpus, key=host.key,
                   user=host.user, kernel=_dom0_kernel(out))
+
+
+#: what ``xenforge boot`` takes as a file instead of a recipe
+BOOTABLE = {".qcow2": "disk", ".raw": "disk", ".img": "disk", ".iso": "iso"}
+
+
+def artifact_target(path: Path, *, firmware: str | None, settings: TestsSection) -> Target:
+    """A disk image or ISO given by path. Next to a built image, its ``image-info.json`` says
+    which firmware it boots with and its ``access_key`` how to log in."""
+    kind = BOOTABLE.get(path.suffix)
+    if kind is None or not path.is_file():
+        raise InputError(f"{path}: not a recipe or a bootable file",
+                         hint="pass a recipe (recipes/xen-host.yaml), a disk image "
+                         "(.qcow2, .raw, .img) or an ISO")
+    info_file = path.parent / "image-info.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    firmwares = list(info.get("firmware") or ["bios", "uefi"])
+    fw = firmware or settings.boot.firmware
+    if fw not in firmwares:
+        fw = firmwares[0]
+    key = path.parent / "access_key"
+    return Target(disk=path if kind == "disk" else None, iso=path if kind == "iso" else None,
+                  firmware=fw,  # type: ignore[arg-type]
+                  memory=settings.boot.memory, cpus=settings.boot.cpus,
+                  key=key if key.is_file() else None,
+                  user=info.get("access_user") or "root")
 
 
 def _dom0_kernel(out: Path) -> Path | None:

@@ -98,7 +98,11 @@ def run_suites(
     timeout: float = 1800,
 ) -> Outcome:
     scheme, user, _host, _port = parse_target(target)
-    suites = [INFRA_DIR / SUITES[name] for name in builtin]
+    # the infra folder is always collected, so that its conftest.py (the --xenforge-expect
+    # option and fixtures) is loaded even for a recipe's own suites alone; the built-in suites
+    # not asked for are ignored
+    suites = [INFRA_DIR]
+    skip = [f"--ignore={INFRA_DIR / f}" for name, f in SUITES.items() if name not in builtin]
     for path in extra:
         if not path.exists():
             raise InputError(f"test suite not found: {path}", hint="check tests.suites")
@@ -113,6 +117,7 @@ def run_suites(
             "-m",
             "pytest",
             *suites,
+            *skip,
             f"--hosts={target}",
             f"--xenforge-expect={expect_file}",
             f"--junitxml={junit}",

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,20 +32,37 @@ def _qemus() -> list[str]:
     return [ln for ln in out.stdout.splitlines() if "xenforge" in ln or "overlay" in ln]
 
 
+@dataclass
+class MainJob:
+    out: Path  # where the build exported to
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 @pytest.fixture(scope="module")
-def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def main_job(tmp_path_factory: pytest.TempPathFactory) -> MainJob:
+    """The README's main-job command (with its own output folder)."""
     if os.geteuid() != 0:
         pytest.skip("needs root (diskimage-builder, loop devices)")
     out = tmp_path_factory.mktemp("out")
     res = subprocess.run(
-        [*XENFORGE, "build", str(RECIPE), "--plain", "-o", str(out)],
+        [*XENFORGE, "build", "--test", str(RECIPE), "--plain", "-o", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=5400,
     )
-    assert res.returncode == 0, f"build failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return out / "xen-host"
+    print(f"\n{res.stdout[-2500:]}")
+    return MainJob(out / "xen-host", res.returncode, res.stdout, res.stderr)
+
+
+@pytest.fixture(scope="module")
+def out_dir(main_job: MainJob) -> Path:
+    assert (main_job.out / "manifest.json").is_file(), (
+        f"the build failed:\n{main_job.stdout[-3000:]}\n{main_job.stderr[-3000:]}"
+    )
+    return main_job.out
 
 
 def test_build_exports_every_artifact_with_checksums(out_dir: Path) -> None:
@@ -58,31 +76,27 @@ def test_build_exports_every_artifact_with_checksums(out_dir: Path) -> None:
     assert len(sums) == len(paths)
 
 
-def test_booted_default_recipe_passes_the_suites(out_dir: Path) -> None:
-    junit = out_dir.parent / "junit.xml"
-    res = subprocess.run(
-        [*XENFORGE, "test", str(RECIPE), "-o", str(out_dir.parent), "--junit", str(junit)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert res.returncode == 0, f"suites failed:\n{res.stdout}\n{res.stderr[-3000:]}"
+def test_booted_default_recipe_passes_the_suites(main_job: MainJob, out_dir: Path) -> None:
+    assert main_job.returncode == 0, f"suites failed:\n{main_job.stdout[-4000:]}"
+    junit = out_dir / "test-results" / "junit.xml"
     cases = {c.get("name", "") for c in ET.parse(junit).getroot().iter("testcase")}
     lifecycles = [c for c in cases if c.startswith("test_guest_lifecycle")]
     assert any(re.search(r"guest-pvh\b", c) for c in lifecycles), cases
     assert any(re.search(r"guest-pv\b(?!h)", c) for c in lifecycles), cases
     assert any("hypervisor_is_the_built_one" in c for c in cases), cases
+    assert "passed, 0 failed" in main_job.stdout
     assert not _qemus(), "a QEMU is still running after xenforge test"
 
 
 def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:
-    """What an operator does with real hardware: `xenforge test --host ssh://...`, here
-    against a VM that `xenforge boot` started."""
+    """What an operator does with real hardware: `xenforge test --host ssh://...`, here the
+    dom0 suite against a VM that `xenforge boot` started from the disk image, under UEFI
+    (`xenforge test` above booted it with SeaBIOS)."""
     state = CACHE / "run" / "xen-host" / "state.json"
     state.unlink(missing_ok=True)
+    disk = out_dir / "image-xen-host" / "xen-host.qcow2"  # a file, not the recipe
     boot = subprocess.Popen(
-        [*XENFORGE, "boot", str(RECIPE), "-o", str(out_dir.parent)],
+        [*XENFORGE, "boot", str(disk), "--firmware", "uefi"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -110,6 +124,8 @@ def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:
                 info["key"],
                 "--junit",
                 str(tmp_path / "host.xml"),
+                "--suite",
+                "dom0",
             ],
             cwd=REPO,
             capture_output=True,
@@ -121,3 +137,30 @@ def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:
         boot.send_signal(signal.SIGTERM)
         boot.wait(timeout=180)
     assert not _qemus(), "xenforge boot left QEMU running after SIGTERM"
+
+
+BROKEN = REPO / "tests" / "recipes" / "e2e" / "xen-host-no-room.yaml"
+
+
+def test_a_host_without_room_for_its_guests_fails_saying_why(out_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """A deliberately broken image (dom0_mem leaves Xen no memory for the guests) builds and
+    boots, and the guest suite fails with a message naming the cause; JUnit records it."""
+    out = out_dir.parent
+    res = subprocess.run([*XENFORGE, "build", str(BROKEN), "--plain", "-o", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert res.returncode == 0, f"build failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    junit = tmp_path / "junit.xml"
+    res = subprocess.run([*XENFORGE, "test", str(BROKEN), "-o", str(out), "--suite", "guests",
+                          "--junit", str(junit)],
+                         cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert res.returncode == 1, f"the suite should fail:\n{res.stdout}\n{res.stderr[-3000:]}"
+    for guest in ("guest-pv", "guest-pvh"):
+        line = next((ln for ln in res.stdout.splitlines()
+                     if "FAILED" in ln and f"[{guest}]" in ln), "")
+        assert f"xl create /etc/xen/{guest}.cfg failed" in line, res.stdout
+        assert "MiB free and the guest asks 256 MiB" in line, res.stdout
+    failed = {c.get("name") for c in ET.parse(junit).getroot().iter("testcase")
+              if c.find("failure") is not None}
+    assert failed == {"test_guest_lifecycle[guest-pv]", "test_guest_lifecycle[guest-pvh]"}
+    assert not _qemus(), "a QEMU is still running after a failed xenforge test"

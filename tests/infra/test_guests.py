@@ -32,6 +32,24 @@ def _wait_ready(host: Any, log: str, offset: int, timeout: int) -> str:
     return str(out.stdout)
 
 
+def _free_mib(host: Any) -> int | None:
+    m = re.search(r"^free_memory\s*:\s*(\d+)", host.run("xl info").stdout, re.M)
+    return int(m.group(1)) if m else None
+
+
+def _create_failed(host: Any, guest: dict[str, Any], cfg: str, attempt: str,
+                   stderr: str) -> str:
+    """One line that says why ``xl create`` failed (then xl's own words)."""
+    errors = [ln.strip() for ln in stderr.splitlines() if "error" in ln.lower()]
+    why = errors[-1] if errors else (stderr.strip().splitlines() or ["no output"])[-1]
+    free, want = _free_mib(host), guest.get("memory")
+    room = ""
+    if free is not None and want and free < int(want):
+        room = (f"; Xen has only {free} MiB free and the guest asks {want} MiB "
+                "(dom0_mem or the other guests leave no room)")
+    return f"{attempt} xl create {cfg} failed: {why}{room}\n{stderr}"
+
+
 def _listed(host: Any, name: str) -> bool:
     return bool(host.run(f"xl list {shlex.quote(name)}").rc == 0)
 
@@ -46,7 +64,7 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any]) -> None:
     for attempt in ("first", "second"):
         offset = _log_size(host, log)
         created = host.run(f"xl create {shlex.quote(cfg)}")
-        assert created.rc == 0, f"{attempt} xl create {cfg} failed:\n{created.stderr}"
+        assert created.rc == 0, _create_failed(host, guest, cfg, attempt, created.stderr)
         ready = _wait_ready(host, log, offset, timeout)
         fields = dict(re.findall(r"(\w+)=(\S+)", ready))
         assert fields.get("type") == "xen", f"guest {name} is not on Xen: {ready.strip()}"

@@ -110,19 +110,27 @@ def run_stage(cache: Cache, stage: str, options: Mapping[str, Any], *,
     return Built(node_id, cache.out(node_id), log, seconds, False)
 
 
-def recipe_node(cache: Cache, name: str, recipe: Path = RECIPE) -> Built:
-    """Node ``name`` of ``recipe`` and what it needs, built (or reused) like ``xenforge
-    build --target NAME`` does; raises AssertionError with the failure if a node fails."""
-    graph = plan(load_recipe(recipe)).only([name])
+def recipe_build(cache: Cache, targets: list[str], recipe: Path = RECIPE) -> dict[str, Built]:
+    """Nodes ``targets`` of ``recipe`` and what they need, built (or reused) like ``xenforge
+    build --target NODE`` does; every node of that subgraph by name. A failing node fails the
+    calling test with the node's error."""
+    graph = plan(load_recipe(recipe)).only(targets)
     logs = cache.root / "test-logs" / graph.recipe
     with Progress(plain=True) as progress:
         results = Executor(graph, cache, progress, jobs=2, logs_dir=logs).run()
     failed = {n: r.error.render() for n, r in results.items() if r.error is not None}
     assert not failed, failed
-    res = results[name]
-    assert res.out is not None, f"{name}: {res.status}"
-    return Built(res.id, res.out, logs / f"{name.replace(':', '-')}.log", res.seconds,
-                 res.status == "cached")
+    built = {}
+    for name, res in results.items():
+        assert res.out is not None, f"{name}: {res.status}"
+        log = logs / f"{name.replace(':', '-')}.log"
+        built[name] = Built(res.id, res.out, log, res.seconds, res.status == "cached")
+    return built
+
+
+def recipe_node(cache: Cache, name: str, recipe: Path = RECIPE) -> Built:
+    """One node of ``recipe`` (see ``recipe_build``)."""
+    return recipe_build(cache, [name], recipe)[name]
 
 
 def xen_source(cache: Cache) -> Built:

@@ -1,0 +1,133 @@
+"""The verify side without a VM: target URLs, the ssh config, JUnit parsing, running suites
+(here a user's testinfra file against this machine through testinfra's local backend), what a
+build's outputs say a host must show, and what ``xenforge boot`` accepts as a file."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from xenforge.errors import InputError
+from xenforge.hosttest import artifact_target
+from xenforge.outputs import expectations, find_dom0
+from xenforge.recipe.model import TestsSection as Settings
+from xenforge.verify import parse_junit, parse_target, run_suites, ssh_config
+
+
+def test_parse_target() -> None:
+    assert parse_target("ssh://xenforge@127.0.0.1:2222") == ("ssh", "xenforge", "127.0.0.1", 2222)
+    assert parse_target("paramiko://host") == ("paramiko", "root", "host", None)
+    for bad in ("host", "http://host", "ssh://"):
+        with pytest.raises(InputError, match="not a host address"):
+            parse_target(bad)
+
+
+def test_ssh_config_reuses_one_connection(tmp_path: Path) -> None:
+    text = ssh_config(tmp_path / "cfg", throwaway_host=False).read_text()
+    assert "ControlMaster auto" in text and f"ControlPath {tmp_path}/cm-%C" in text
+    assert "StrictHostKeyChecking" not in text  # a real host keeps its known key
+    vm = ssh_config(tmp_path / "cfg2", throwaway_host=True).read_text()
+    assert "StrictHostKeyChecking no" in vm and "UserKnownHostsFile /dev/null" in vm
+
+
+def test_parse_junit_counts_failures_errors_and_skips(tmp_path: Path) -> None:
+    xml = tmp_path / "j.xml"
+    xml.write_text(textwrap.dedent("""\
+        <testsuites><testsuite>
+          <testcase classname="test_dom0" name="test_ok"/>
+          <testcase classname="test_dom0" name="test_mem">
+            <failure message="AssertionError: dom0 has 512 MiB, the recipe asks 1024">x</failure>
+          </testcase>
+          <testcase classname="test_guests" name="test_life[g]"><error message="boom"/></testcase>
+          <testcase classname="test_dom0" name="test_skip"><skipped message="n/a"/></testcase>
+        </testsuite></testsuites>"""))
+    out = parse_junit(xml)
+    assert (out.tests, out.skipped, len(out.failures)) == (4, 1, 2)
+    assert out.failures[0].test == "test_dom0::test_mem"
+    assert "the recipe asks 1024" in out.failures[0].message
+    assert not out.ok
+    assert "1 passed, 2 failed, 1 skipped" in out.summary()
+    assert parse_junit(tmp_path / "missing.xml").tests == 0
+
+
+def test_run_suites_records_a_failing_check_in_junit(tmp_path: Path) -> None:
+    suite = tmp_path / "test_mine.py"
+    suite.write_text(textwrap.dedent("""\
+        def test_os_release(host):
+            assert host.file("/etc/os-release").exists
+
+        def test_expected_file(host):
+            path = "/nonexistent/xenforge-check"
+            assert host.file(path).exists, f"{path} is missing on this host"
+        """))
+    junit = tmp_path / "out" / "junit.xml"
+    outcome = run_suites("local://", expect={}, junit=junit, log=tmp_path / "verify.log",
+                         builtin=(), extra=[suite])
+    assert junit.is_file()
+    assert outcome.tests == 2 and not outcome.ok
+    (failure,) = outcome.failures
+    assert "test_expected_file" in failure.test
+    assert "/nonexistent/xenforge-check is missing on this host" in failure.message
+
+
+def test_run_suites_names_a_missing_suite(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"test suite not found: .*nope\.py"):
+        run_suites("local://", expect={}, junit=tmp_path / "j.xml", log=tmp_path / "log",
+                   builtin=(), extra=[tmp_path / "nope.py"])
+
+
+def _fake_build(out: Path) -> Path:
+    img = out / "image-xen-host"
+    img.mkdir(parents=True)
+    (out / "manifest.json").write_text("{}")
+    (out / "hypervisor").mkdir()
+    (out / "hypervisor" / "build-info.json").write_text(
+        json.dumps({"version": "4.17.5", "build_id": "xenforge-abc"}))
+    (img / "xen-host.qcow2").write_bytes(b"")
+    (img / "access_key").write_text("KEY")
+    (img / "image-info.json").write_text(json.dumps({
+        "role": "dom0", "name": "xen-host", "firmware": ["uefi"], "access_user": "xenforge",
+        "kernel_version": "6.1.176-xenforge",
+        "xen_cmdline": "console=com1 dom0_mem=1024M,max:1024M",
+        "xenforge_packages": [{"name": "xenforge-xen-utils", "version": "4.17.5-1",
+                               "installed": True}],
+        "guests": [{"name": "guest-pv", "type": "pv", "memory": 256,
+                    "kernel_version": "6.1.176-domu"}]}))
+    return img / "xen-host.qcow2"
+
+
+def test_expectations_come_from_the_build_records(tmp_path: Path) -> None:
+    _fake_build(tmp_path)
+    want = expectations(tmp_path)
+    assert want["xen"] == {"version": "4.17.5", "build_id": "xenforge-abc"}
+    assert want["dom0"] == {"kernel_release": "6.1.176-xenforge", "memory_mib": 1024}
+    assert want["packages"] == {"xenforge-xen-utils": "4.17.5-1"}
+    assert want["guests"] == [{"name": "guest-pv", "type": "pv", "memory": 256,
+                               "kernel_release": "6.1.176-domu",
+                               "config": "/etc/xen/guest-pv.cfg"}]
+    host = find_dom0(tmp_path)
+    assert host.disk.name == "xen-host.qcow2" and host.user == "xenforge"
+
+
+def test_find_dom0_says_how_to_build(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as err:
+        find_dom0(tmp_path / "xen-host")
+    assert "xenforge build recipes/xen-host.yaml" in (err.value.hint or "")
+
+
+def test_boot_takes_a_built_disk_image_with_its_firmware_and_key(tmp_path: Path) -> None:
+    disk = _fake_build(tmp_path)
+    target = artifact_target(disk, firmware=None, settings=Settings())
+    assert target.disk == disk and target.iso is None
+    assert target.firmware == "uefi"  # the only one the image was made for
+    assert target.key == disk.parent / "access_key" and target.user == "xenforge"
+    iso = tmp_path / "x.iso"
+    iso.write_bytes(b"")
+    t = artifact_target(iso, firmware="uefi", settings=Settings())
+    assert (t.iso, t.disk, t.firmware, t.key, t.user) == (iso, None, "uefi", None, "root")
+    with pytest.raises(InputError, match="not a recipe or a bootable file"):
+        artifact_target(tmp_path / "image-xen-host" / "image-info.json", firmware=None,
+                        settings=Settings())
