@@ -44,6 +44,11 @@ def default_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "xenforge"
 
 
+#: stage scratch dirs below the cache root that ``gc`` may empty (the kernel stage's
+#: incremental build dirs); each ``DIR/NAME`` has a ``DIR/NAME.lock`` held while in use
+SCRATCH_DIRS = ("kbuild",)
+
+
 @dataclass
 class Entry:
     id: str
@@ -212,7 +217,15 @@ class Cache:
         entries = self.entries()
         keep = self.referenced()
         now = time.time()
-        total = sum(e.size for e in entries)
+        scratch = self.scratch_entries()
+        total = sum(e.size for e in entries) + sum(e.size for e in scratch)
+        # scratch dirs first (a kernel's incremental kbuild dir: a speed-up, rebuilt on demand)
+        for e in scratch:
+            too_old = older_than is not None and now - e.used > older_than
+            too_big = max_bytes is not None and total > max_bytes
+            if (too_old or too_big) and self._remove_scratch(Path(e.id), dry_run):
+                removed.append(e)
+                total -= e.size
         for e in entries:  # least recently used first
             if e.id in keep:
                 continue
@@ -224,6 +237,32 @@ class Cache:
                 removed.append(e)
                 total -= e.size
         return removed
+
+    def scratch_entries(self) -> list[Entry]:
+        """Persistent scratch dirs of stages (``<cache>/kbuild/NAME``, each with NAME.lock),
+        least recently used first; ``id`` is the dir's path."""
+        out = []
+        for d in (self.root / dirname for dirname in SCRATCH_DIRS):
+            for sub in d.iterdir() if d.is_dir() else ():
+                if sub.is_dir():
+                    st = sub.stat()
+                    out.append(Entry(id=str(sub), stage="scratch", node=f"{d.name}/{sub.name}",
+                                     size=dir_size(sub), created=st.st_ctime,
+                                     used=st.st_mtime))
+        return sorted(out, key=lambda e: e.used)
+
+    @staticmethod
+    def _remove_scratch(path: Path, dry_run: bool) -> bool:
+        """Remove a scratch dir unless a build holds its lock; True if it is (would be) gone."""
+        with open(path.with_name(path.name + ".lock"), "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if not dry_run:
+                shutil.rmtree(path, ignore_errors=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return True
 
     def _unlocked(self, node_id: str) -> bool:
         with open(self.locks_dir / f"{node_id}.lock", "a") as f:

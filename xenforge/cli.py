@@ -152,8 +152,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         removed = cache.gc(max_bytes=max_bytes, older_than=older, dry_run=args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
         for e in removed:
-            print(f"{verb} {e.id[:12]} {e.node} ({human_size(e.size)})")
-        print(f"{verb} {len(removed)} objects, {human_size(sum(e.size for e in removed))}")
+            what = e.node if e.stage == "scratch" else f"{e.id[:12]} {e.node}"
+            print(f"{verb} {what} ({human_size(e.size)})")
+        print(f"{verb} {len(removed)} entries, {human_size(sum(e.size for e in removed))}")
     return 0
 
 

@@ -3,6 +3,7 @@ garbage collection, and `xenforge cache ls|du|gc`."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -354,3 +355,25 @@ def test_manifest_of_an_executor_build(cache: Cache, tmp_path: Path) -> None:
         f"[xenforge] node after id {node.id}")
     ref = cache.read_ref("locktest", "after")
     assert ref is not None and ref["id"] == node.id
+
+
+def test_gc_empties_idle_scratch_dirs_but_not_one_in_use(cache: Cache) -> None:
+    kbuild = cache.root / "kbuild"
+    idle, busy = kbuild / "kernel-dom0-aaaa", kbuild / "kernel-guest-bbbb"
+    for d in (idle, busy):
+        (d / "build").mkdir(parents=True)
+        (d / "build" / "vmlinux.o").write_bytes(b"x" * 100_000)
+        os.utime(d, (time.time() - 10 * DAY, time.time() - 10 * DAY))
+    with open(kbuild / "kernel-guest-bbbb.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a kernel build is using it
+        assert [e.node for e in cache.gc(older_than=5 * DAY, dry_run=True)] == [
+            "kbuild/kernel-dom0-aaaa"]
+        assert idle.exists()
+        removed = cache.gc(older_than=5 * DAY)
+    assert [e.node for e in removed] == ["kbuild/kernel-dom0-aaaa"]
+    assert removed[0].size >= 100_000
+    assert not idle.exists() and busy.exists()
+    # a recent one goes only when the cache is over the size asked for
+    os.utime(busy)
+    assert cache.gc(older_than=5 * DAY) == []
+    assert [e.node for e in cache.gc(max_bytes=1000)] == ["kbuild/kernel-guest-bbbb"]

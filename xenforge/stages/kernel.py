@@ -39,6 +39,7 @@ from typing import Literal
 from pydantic import Field
 
 from xenforge import kconfig
+from xenforge.cache import SCRATCH_DIRS
 from xenforge.errors import InputError, StageFailed
 from xenforge.hashing import sha256_json
 from xenforge.kconfig import Setting
@@ -53,7 +54,7 @@ IMAGE = "arch/x86/boot/bzImage"
 STAGE_ORIGIN = "xenforge kernel stage"
 BUILD_ID_SYMBOL = "XENFORGE_BUILD_ID"
 #: persistent build dirs of incremental builds, below the cache root
-KBUILD_DIR = "kbuild"
+KBUILD_DIR = SCRATCH_DIRS[0]  # persistent incremental build dirs, emptied by `cache gc`
 INCOMPLETE = ".xenforge-incomplete"
 
 
