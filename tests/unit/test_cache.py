@@ -331,7 +331,7 @@ def test_cache_cli(cache: Cache, capsys: pytest.CaptureFixture[str]) -> None:
 
     assert cli.main([*base, "gc", "--older-than", "5", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert f"would remove {old[:12]}" in out and "would remove 1 objects" in out
+    assert f"would remove {old[:12]}" in out and "would remove 1 entries" in out
     assert cache.has(old)
     assert cli.main([*base, "gc", "--max-size", "150K"]) == 0
     out = capsys.readouterr().out
