@@ -95,7 +95,7 @@ def run_suites(
     extra: Sequence[Path] = (),
     identity: Path | None = None,
     throwaway_host: bool = False,
-    timeout: float = 1800,
+    timeout: float = 3600,
 ) -> Outcome:
     scheme, user, _host, _port = parse_target(target)
     # the infra folder is always collected, so that its conftest.py (the --xenforge-expect
