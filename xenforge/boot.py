@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from xenforge import run as runner
 from xenforge.errors import XenforgeError
-from xenforge.qemu import Machine, Vm
+from xenforge.qemu import TCG_CPU, Machine, Vm
 
 Firmware = Literal["bios", "uefi"]
 
@@ -94,7 +94,7 @@ class Session:
         if target.disk is not None:
             disks = (self._overlay(target.disk),)
         machine = Machine(memory=target.memory, cpus=target.cpus, firmware=target.firmware,
-                          accel="kvm" if kvm else "tcg", cpu="host" if kvm else "max,-smap")
+                          accel="kvm" if kvm else "tcg", cpu="host" if kvm else TCG_CPU)
         self.qmp_path = workdir / "qmp.sock"
         extra = ("-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
                  "-device", "virtio-net-pci,netdev=n0",

@@ -57,7 +57,7 @@ def plan_images(graph: Graph, loaded: LoadedRecipe) -> None:
             options["guests"] = [
                 {"name": g.name, "type": g.type, "memory": g.memory, "vcpus": g.vcpus,
                  "autostart": g.autostart, "bridge": g.bridge,
-                 "tsc_mode": g.tsc_mode} for g, _ in guests]
+                 "tsc_mode": g.tsc_mode, "hap": g.hap} for g, _ in guests]
             inputs.update({f"guest{i}": node for i, (_, node) in enumerate(guests)})
         graph.add(Node(name=f"image:{key}", stage="image", inputs=inputs, options=options,
                        files={"elements": IMAGE_ELEMENTS}))

@@ -125,6 +125,11 @@ def test_xl_config(kind: str) -> None:
     assert "vdev=xvda" in text and "target=/var/lib/xen/images/web/disk.raw" in text
     assert 'vif = [ "bridge=xenbr0" ]' in text
     assert "ramdisk" not in xl_config(g, {"xl": {"cmdline": "x"}})
+    assert "hap" not in text and "tsc_mode" not in text  # xl's defaults unless asked
+    tuned = GuestEntry(name="web", type=kind, tsc_mode="native", hap=False)  # type: ignore[arg-type]
+    text = xl_config(tuned, info)
+    assert 'tsc_mode = "native"' in text
+    assert ("hap = 0" in text) == (kind == "pvh")  # shadow paging is a PVH (HVM) setting
 
 
 def test_image_options_are_strict() -> None:

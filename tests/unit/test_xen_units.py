@@ -126,7 +126,7 @@ def test_initramfs_modules_load_in_dependency_order(tmp_path: Path) -> None:
 def test_qemu_command_line(tmp_path: Path) -> None:
     args = argv(Machine(), workdir=tmp_path, cdrom=tmp_path / "x.iso")
     joined = " ".join(args)
-    assert "-cpu max,-smap" in joined and "accel=tcg" in joined
+    assert "-cpu max,-smap,-xsave" in joined and "accel=tcg" in joined
     assert f"-serial file:{tmp_path / 'serial.log'}" in joined
     assert "-no-reboot" in args and f"-cdrom {tmp_path / 'x.iso'}" in joined
 

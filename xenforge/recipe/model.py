@@ -92,6 +92,9 @@ class GuestSection(Model):
     tsc_mode: Literal["default", "native", "always_emulate", "native_paravirt"] = Field(
         "default", description="xl's tsc_mode; `native` for PVH guests under QEMU's TCG, "
         "whose emulated RDTSCP Xen cannot handle")
+    hap: bool = Field(True, description="hardware-assisted paging for a PVH guest; false = "
+                      "shadow paging, needed under QEMU's TCG (its nested paging triple-faults "
+                      "guests)")
 
 
 class IsoSection(Model):

@@ -71,6 +71,9 @@ class GuestEntry(BaseModel):
     #: xl's tsc_mode; "native" where the (emulated) CPU has no invariant TSC, e.g. QEMU TCG,
     #: on which Xen's RDTSC(P) emulation fails for PVH guests
     tsc_mode: Literal["default", "native", "always_emulate", "native_paravirt"] = "default"
+    #: xl's hap: False = shadow paging for PVH guests (QEMU TCG's emulated nested paging
+    #: triple-faults them); ignored by PV guests
+    hap: bool = True
 
 
 class ImageOptions(StageOptions):
@@ -130,6 +133,7 @@ def xl_config(g: GuestEntry, guest_info: dict[str, Any]) -> str:
         f"memory = {g.memory}",
         f"vcpus = {g.vcpus}",
         *([f'tsc_mode = "{g.tsc_mode}"'] if g.tsc_mode != "default" else []),
+        *(["hap = 0"] if g.type == "pvh" and not g.hap else []),
         f'disk = [ "format=raw, vdev=xvda, access=rw, target={base}/disk.raw" ]',
         f'vif = [ "bridge={g.bridge}" ]',
         'on_crash = "preserve"',
