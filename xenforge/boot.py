@@ -90,6 +90,8 @@ class Session:
         self.log = log
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
+        # the machine makes new SSH host keys on this boot: forget the last boot's
+        (workdir / "known_hosts").unlink(missing_ok=True)
         disks: tuple[Path, ...] = ()
         if target.disk is not None:
             disks = (self._overlay(target.disk),)
@@ -166,4 +168,5 @@ class Session:
     def state(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "port": self.port, "user": self.target.user,
                 "key": str(self.target.key) if self.target.key else None,
-                "serial": str(self.vm.serial), "ssh": self.ssh_url}
+                "serial": str(self.vm.serial), "ssh": self.ssh_url,
+                "known_hosts": str(self.workdir / "known_hosts")}

@@ -184,7 +184,13 @@ def _cmd_test(args: argparse.Namespace) -> int:
         identity = Path(args.identity) if args.identity else None
         return _report(
             test_host(
-                args.host, out=out, settings=settings, junit=junit, log=log, identity=identity
+                args.host,
+                out=out,
+                settings=settings,
+                junit=junit,
+                log=log,
+                identity=identity,
+                known_hosts=Path(args.known_hosts) if args.known_hosts else None,
             )
         )
     progress = Progress(quiet=args.quiet, plain=True)
@@ -237,6 +243,7 @@ def _cmd_boot(args: argparse.Namespace) -> int:
             f"  shell:  xenforge ssh {args.recipe}\n"
             f"  tests:  xenforge test {recipe} --host {vm.ssh_url}"
             + (f" --identity {target.key}" if target.key else "")
+            + f" --known-hosts {run_dir / 'known_hosts'}"
             + "\n  stop:   Ctrl-C (or SIGTERM)",
             flush=True,
         )
@@ -368,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="test this machine instead of booting one (ssh://root@HOST[:PORT], paramiko://...)",
     )
     t.add_argument("--identity", metavar="KEY", help="SSH private key for --host")
+    t.add_argument(
+        "--known-hosts",
+        metavar="FILE",
+        help="host keys for --host (default: yours); a host not in FILE yet is trusted on "
+        "first use and added",
+    )
     t.add_argument("--firmware", choices=["bios", "uefi"], help="boot firmware")
     t.add_argument(
         "--suite",

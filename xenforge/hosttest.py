@@ -80,8 +80,9 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
 
 
 def test_host(url: str, *, out: Path | None, settings: TestsSection, junit: Path,
-              log: Path, identity: Path | None = None) -> Outcome:
+              log: Path, identity: Path | None = None,
+              known_hosts: Path | None = None) -> Outcome:
     """Run the suites against an existing machine (real hardware), booting nothing."""
     expect = expectations(out) if out is not None and out.is_dir() else {}
     return run_suites(url, expect=expect, junit=junit, log=log, builtin=settings.builtin,
-                      extra=settings.suites, identity=identity)
+                      extra=settings.suites, identity=identity, known_hosts=known_hosts)

@@ -122,6 +122,8 @@ def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:
                 info["ssh"],
                 "--identity",
                 info["key"],
+                "--known-hosts",  # trusted on first use, as for a new real host
+                info["known_hosts"],
                 "--junit",
                 str(tmp_path / "host.xml"),
                 "--suite",

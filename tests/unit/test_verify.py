@@ -31,6 +31,9 @@ def test_ssh_config_reuses_one_connection(tmp_path: Path) -> None:
     assert "StrictHostKeyChecking" not in text  # a real host keeps its known key
     vm = ssh_config(tmp_path / "cfg2", throwaway_host=True).read_text()
     assert "StrictHostKeyChecking no" in vm and "UserKnownHostsFile /dev/null" in vm
+    kh = tmp_path / "known_hosts"
+    new = ssh_config(tmp_path / "cfg3", throwaway_host=False, known_hosts=kh).read_text()
+    assert "StrictHostKeyChecking accept-new" in new and f"UserKnownHostsFile {kh}" in new
 
 
 def test_parse_junit_counts_failures_errors_and_skips(tmp_path: Path) -> None:
