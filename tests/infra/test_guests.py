@@ -40,8 +40,9 @@ def _free_mib(host: Any) -> int | None:
 def _create_failed(host: Any, guest: dict[str, Any], cfg: str, attempt: str,
                    stderr: str) -> str:
     """One line that says why ``xl create`` failed (then xl's own words)."""
+    # the first error is the cause; libxl's clean-up errors follow it
     errors = [ln.strip() for ln in stderr.splitlines() if "error" in ln.lower()]
-    why = errors[-1] if errors else (stderr.strip().splitlines() or ["no output"])[-1]
+    why = errors[0] if errors else (stderr.strip().splitlines() or ["no output"])[-1]
     free, want = _free_mib(host), guest.get("memory")
     room = ""
     if free is not None and want and free < int(want):
