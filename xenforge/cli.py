@@ -206,13 +206,20 @@ def _cmd_test(args: argparse.Namespace) -> int:
     )
 
 
+def _is_artifact(arg: str) -> bool:
+    """``xenforge boot|ssh`` got a disk image or ISO file rather than a recipe."""
+    from xenforge.hosttest import BOOTABLE
+
+    return Path(arg).suffix in BOOTABLE
+
+
 def _boot_what(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """(name, target, settings) for ``xenforge boot``: a recipe's dom0 image, or a file."""
-    from xenforge.hosttest import BOOTABLE, artifact_target, boot_target
+    from xenforge.hosttest import artifact_target, boot_target
     from xenforge.recipe.model import TestsSection
 
     path = Path(args.recipe)
-    if path.suffix in BOOTABLE:
+    if _is_artifact(args.recipe):
         settings = TestsSection()
         target = artifact_target(path, firmware=args.firmware, settings=settings)
         return path.stem, target, settings
@@ -222,10 +229,9 @@ def _boot_what(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _cmd_boot(args: argparse.Namespace) -> int:
     from xenforge.boot import Session, kvm_works
-    from xenforge.hosttest import BOOTABLE
 
     name, target, settings = _boot_what(args)
-    recipe = "RECIPE" if Path(args.recipe).suffix in BOOTABLE else args.recipe
+    recipe = "RECIPE" if _is_artifact(args.recipe) else args.recipe
     cache = _cache(args)
     run_dir = cache.root / "run" / name
     logs = cache.root / "logs" / name
@@ -237,13 +243,14 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     )
     with Session(target, workdir=run_dir, log=logs / "qemu.log", kvm=kvm) as vm:
         took = vm.wait_ready(args.timeout or settings.boot.timeout)
-        (run_dir / "state.json").write_text(json.dumps(vm.state(), indent=2))
+        state = vm.state()
+        (run_dir / "state.json").write_text(json.dumps(state, indent=2))
         print(
             f"ready after {took:.0f}s: {vm.ssh_url}\n"
             f"  shell:  xenforge ssh {args.recipe}\n"
             f"  tests:  xenforge test {recipe} --host {vm.ssh_url}"
             + (f" --identity {target.key}" if target.key else "")
-            + f" --known-hosts {run_dir / 'known_hosts'}"
+            + f" --known-hosts {state['known_hosts']}"
             + "\n  stop:   Ctrl-C (or SIGTERM)",
             flush=True,
         )
@@ -256,11 +263,10 @@ def _cmd_boot(args: argparse.Namespace) -> int:
 
 
 def _cmd_ssh(args: argparse.Namespace) -> int:
-    from xenforge.hosttest import BOOTABLE
     from xenforge.recipe.load import load_recipe
 
     path = Path(args.recipe)
-    name = path.stem if path.suffix in BOOTABLE else load_recipe(path).name
+    name = path.stem if _is_artifact(args.recipe) else load_recipe(path).name
     state_file = _cache(args).root / "run" / name / "state.json"
     if not state_file.is_file():
         raise InputError(

@@ -21,7 +21,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import _xenbuild as xb
 import pytest
@@ -57,15 +56,10 @@ def built(cache: Cache) -> dict[str, xb.Built]:
     return nodes
 
 
-def _info(out: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((out / "image-info.json").read_text())
-    return data
-
-
 @pytest.mark.parametrize("node", sorted(GUESTS))
 def test_guest_image(built: dict[str, xb.Built], node: str) -> None:
     out, name = built[node].out, GUESTS[node]
-    info = _info(out)
+    info = xb.read_json(out / "image-info.json")
     assert info["role"] == "guest" and (out / f"{name}.raw").is_file()
     assert (out / "vmlinuz").is_file()
     assert info["xl"]["cmdline"].startswith("root=/dev/xvda ro")
@@ -84,8 +78,8 @@ def test_guest_image(built: dict[str, xb.Built], node: str) -> None:
 
 def test_dom0_image(built: dict[str, xb.Built]) -> None:
     out = built["image:xen-host"].out
-    info = _info(out)
-    repo = json.loads((built["apt-repo:xen-host"].out / "repo.json").read_text())
+    info = xb.read_json(out / "image-info.json")
+    repo = xb.read_json(built["apt-repo:xen-host"].out / "repo.json")
     assert {p["name"]: p["version"] for p in repo["packages"]} == {
         p["name"]: p["version"] for p in info["xenforge_packages"]}
     for p in info["xenforge_packages"]:

@@ -6,7 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from xenforge.recipe.types import DirPath, FilePath, FragmentRef, Model, Name, SizeMiB
+from xenforge.recipe.types import (
+    DirPath,
+    FilePath,
+    FragmentRef,
+    Model,
+    Name,
+    SizeMiB,
+    TscMode,
+)
 from xenforge.sources import SourceSpec
 
 Firmware = Literal["bios", "uefi"]
@@ -89,7 +97,7 @@ class GuestSection(Model):
     vcpus: int = Field(1, ge=1, le=64)
     autostart: bool = False
     bridge: str = "xenbr0"
-    tsc_mode: Literal["default", "native", "always_emulate", "native_paravirt"] = Field(
+    tsc_mode: TscMode = Field(
         "default", description="xl's tsc_mode; `native` for PVH guests under QEMU's TCG, "
         "whose emulated RDTSCP Xen cannot handle")
     hap: bool = Field(True, description="hardware-assisted paging for a PVH guest; false = "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -83,3 +83,6 @@ def fragment_ref(value: Any) -> Any:
 
 
 FragmentRef = Annotated[Path | str, BeforeValidator(fragment_ref)]
+
+#: xl's tsc_mode of a guest (a recipe's guests entry, the image stage's xl config)
+TscMode = Literal["default", "native", "always_emulate", "native_paravirt"]

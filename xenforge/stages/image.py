@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xenforge import disk, leftovers
 from xenforge.errors import InputError, StageFailed
+from xenforge.recipe.types import TscMode
 from xenforge.run import CLEAN_PATH
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
@@ -70,7 +71,7 @@ class GuestEntry(BaseModel):
     bridge: str = "xenbr0"
     #: xl's tsc_mode; "native" where the (emulated) CPU has no invariant TSC, e.g. QEMU TCG,
     #: on which Xen's RDTSC(P) emulation fails for PVH guests
-    tsc_mode: Literal["default", "native", "always_emulate", "native_paravirt"] = "default"
+    tsc_mode: TscMode = "default"
     #: xl's hap: False = shadow paging for PVH guests (QEMU TCG's emulated nested paging
     #: triple-faults them); ignored by PV guests
     hap: bool = True
