@@ -16,7 +16,8 @@ QEMU exits 0 even when the guest crashed: judge a boot from the serial log.
 
 The VM runs through :func:`xenforge.run.run` in a thread (its own process group, killed on
 timeout). Leaving the ``with`` block always stops it: ``quit`` on the monitor socket, then
-SIGKILL through the pid file, so no QEMU outlives the caller on any path.
+SIGKILL through the pid file, so no QEMU outlives the caller on any path; and QEMU dies
+with its thread (PR_SET_PDEATHSIG) when the caller itself is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Vm:
     def _run(self) -> None:
         try:
             self.result = runner.run(self.argv, log=self.log, timeout=self.timeout,
-                                     check=False)
+                                     check=False, die_with_parent=True)
         except BaseException as exc:  # reported by stop()/exited()
             self.error = exc
 

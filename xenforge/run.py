@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import ctypes
 import os
 import shlex
 import signal
@@ -28,6 +29,8 @@ from xenforge.errors import CommandFailed, XenforgeError
 
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TAIL_LINES = 25
+#: prctl(2) option: the signal a process gets when its parent (thread) dies
+PR_SET_PDEATHSIG = 1
 
 _live: set[subprocess.Popen[bytes]] = set()
 _live_lock = threading.Lock()
@@ -94,11 +97,15 @@ def run(
     check: bool = True,
     capture: bool = False,
     stdin_data: bytes | None = None,
+    die_with_parent: bool = False,
 ) -> Result:
     """Run ``argv``; append its output to ``log``; raise CommandFailed on a non-zero exit.
 
     With ``capture`` the command's stdout is returned (stderr still goes to the log).
     ``env`` is added to :func:`base_env`; ``inherit_env`` starts from os.environ instead.
+    ``die_with_parent``: the kernel SIGKILLs the command when the calling thread dies, so a
+    SIGKILLed xenforge leaves no long-running child behind (a VM); only for commands whose
+    calling thread waits for them to the end, as this function does.
     """
     args = [os.fspath(a) for a in argv]
     if _cancelled.is_set():
@@ -127,6 +134,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if capture else subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     except FileNotFoundError as exc:
         if logf:
@@ -173,6 +181,13 @@ def run(
     if check and rc != 0:
         raise CommandFailed(args, rc, list(tail), log)
     return result
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL me when my parent thread dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

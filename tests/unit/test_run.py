@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -178,3 +182,38 @@ def test_commands_carry_their_owner_and_orphans_are_stopped(tmp_path: Path) -> N
     killed = runner.stop_orphans(lambda owner: owner == f"test-{os.getpid()}-dead")
     assert killed == [pid]
     assert _gone(pid, within=1)
+
+
+CALLER = """
+import sys, threading
+from pathlib import Path
+from xenforge import run as runner
+pidfile = Path(sys.argv[1])
+die = sys.argv[2] == "die"
+def vm() -> None:
+    runner.run(["sh", "-c", f"echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile} "
+                            "&& exec sleep 300"], check=False, die_with_parent=die)
+threading.Thread(target=vm).start()
+threading.Event().wait()
+"""
+
+
+@pytest.mark.parametrize("die", [True, False])
+def test_die_with_parent_when_the_caller_is_sigkilled(tmp_path: Path, die: bool) -> None:
+    """A SIGKILLed caller (no clean-up runs) leaves no child started with die_with_parent;
+    without it the child survives, which is what the option is for."""
+    pidfile = tmp_path / "pid"
+    caller = subprocess.Popen([sys.executable, "-c", CALLER, str(pidfile),
+                               "die" if die else "keep"])
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+        assert _gone(child, within=5) is die
+    finally:
+        caller.kill()
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
