@@ -141,6 +141,32 @@ def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:
     assert not _qemus(), "xenforge boot left QEMU running after SIGTERM"
 
 
+def test_a_sigkilled_xenforge_boot_leaves_no_qemu(out_dir: Path) -> None:
+    """SIGKILL runs none of xenforge's clean-up: the VM must still go (it dies with the
+    thread that started it)."""
+    assert not _qemus()
+    disk = out_dir / "image-xen-host" / "xen-host.qcow2"
+    boot = subprocess.Popen([*XENFORGE, "boot", str(disk)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _qemus():
+            assert boot.poll() is None, "xenforge boot exited before starting QEMU"
+            assert time.monotonic() < deadline, "xenforge boot did not start QEMU"
+            time.sleep(0.5)
+        boot.send_signal(signal.SIGKILL)
+        boot.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _qemus() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _qemus(), "QEMU outlived a SIGKILLed xenforge boot"
+    finally:
+        boot.kill()
+        boot.wait()
+        for line in _qemus():  # do not leave one behind for the next test
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
 BROKEN = REPO / "tests" / "recipes" / "e2e" / "xen-host-no-room.yaml"
 
 
