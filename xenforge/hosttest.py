@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from xenforge.boot import Session, Target, kvm_works
 from xenforge.cache import Cache
@@ -51,6 +52,15 @@ def artifact_target(path: Path, *, firmware: str | None, settings: TestsSection)
                   user=info.get("access_user") or "root")
 
 
+def suite_expectations(out: Path | None, settings: TestsSection) -> dict[str, Any]:
+    """What the suites check: the build's own records (when ``out`` holds a build), then
+    what the recipe's ``tests:`` section adds."""
+    expect = expectations(out) if out is not None and out.is_dir() else {}
+    if settings.services:
+        expect["services"] = list(settings.services)
+    return expect
+
+
 def _dom0_kernel(out: Path) -> Path | None:
     found = sorted(out.glob("kernel-*/vmlinuz"))
     return found[0] if found else None
@@ -70,7 +80,7 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
                  kvm=kvm) as vm:
         took = vm.wait_ready(settings.boot.timeout)
         progress.line(f"ready  {vm.ssh_url} after {took:.0f}s")
-        outcome = run_suites(vm.ssh_url, expect=expectations(out),
+        outcome = run_suites(vm.ssh_url, expect=suite_expectations(out, settings),
                              junit=junit or out / "test-results" / "junit.xml",
                              log=logs / "verify.log", builtin=settings.builtin,
                              extra=settings.suites, identity=target.key, throwaway_host=True)
@@ -83,6 +93,6 @@ def test_host(url: str, *, out: Path | None, settings: TestsSection, junit: Path
               log: Path, identity: Path | None = None,
               known_hosts: Path | None = None) -> Outcome:
     """Run the suites against an existing machine (real hardware), booting nothing."""
-    expect = expectations(out) if out is not None and out.is_dir() else {}
-    return run_suites(url, expect=expect, junit=junit, log=log, builtin=settings.builtin,
-                      extra=settings.suites, identity=identity, known_hosts=known_hosts)
+    return run_suites(url, expect=suite_expectations(out, settings), junit=junit, log=log,
+                      builtin=settings.builtin, extra=settings.suites, identity=identity,
+                      known_hosts=known_hosts)

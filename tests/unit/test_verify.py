@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from xenforge.errors import InputError
-from xenforge.hosttest import artifact_target
+from xenforge.hosttest import artifact_target, suite_expectations
+from xenforge.infra import test_dom0 as infra_dom0
 from xenforge.outputs import expectations, find_dom0
 from xenforge.recipe.model import TestsSection as Settings
 from xenforge.verify import parse_junit, parse_target, run_suites, ssh_config
@@ -134,3 +136,41 @@ def test_boot_takes_a_built_disk_image_with_its_firmware_and_key(tmp_path: Path)
     with pytest.raises(InputError, match="not a recipe or a bootable file"):
         artifact_target(tmp_path / "image-xen-host" / "image-info.json", firmware=None,
                         settings=Settings())
+
+
+def test_recipe_services_reach_the_suite(tmp_path: Path) -> None:
+    _fake_build(tmp_path)
+    settings = Settings(services=["ssh", "xen-watchdog.timer"])
+    assert suite_expectations(tmp_path, settings)["services"] == ["ssh", "xen-watchdog.timer"]
+    assert "services" not in suite_expectations(tmp_path, Settings())
+    assert suite_expectations(None, settings) == {"services": ["ssh", "xen-watchdog.timer"]}
+
+
+class _Host:
+    """Stands in for testinfra's host: ``systemctl`` answers from a table."""
+
+    def __init__(self, installed: dict[str, str]) -> None:
+        self.installed = installed  # unit -> state
+        self.asked: list[str] = []
+
+    def run(self, command: str) -> SimpleNamespace:
+        self.asked.append(command)
+        verb, unit = command.split()[1:3]
+        if verb == "cat":
+            return SimpleNamespace(rc=0 if unit in self.installed else 1, stdout="")
+        return SimpleNamespace(rc=0, stdout=self.installed.get(unit, "inactive") + "\n")
+
+
+def test_services_check_names_each_unit_that_is_down() -> None:
+    host = _Host({"ssh.service": "active", "xen-watchdog.timer": "failed",
+                  "xenstored.service": "active", "xendomains.service": "activating"})
+    with pytest.raises(AssertionError) as err:
+        infra_dom0.test_xen_services_active(host, {"services": ["ssh", "xen-watchdog.timer"]})
+    assert "xen-watchdog.timer (failed; see journalctl -u xen-watchdog.timer)" in str(err.value)
+    assert "ssh" not in str(err.value).split("not active:")[1]
+    # no list in the recipe: every Xen unit the host has installed, and only those
+    host.asked.clear()
+    with pytest.raises(AssertionError, match=r"not active: xendomains\.service \(activating"):
+        infra_dom0.test_xen_services_active(host, {})
+    assert "systemctl is-active xenconsoled.service" not in host.asked
+    assert "systemctl is-active xenstored.service" in host.asked

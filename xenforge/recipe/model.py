@@ -14,6 +14,7 @@ from xenforge.recipe.types import (
     Name,
     SizeMiB,
     TscMode,
+    UnitName,
 )
 from xenforge.sources import SourceSpec
 
@@ -122,6 +123,9 @@ class BootSettings(Model):
 class TestsSection(Model):
     builtin: list[Suite] = Field(default_factory=_suites)
     suites: list[FilePath] = Field(default_factory=list, description="your testinfra files")
+    services: list[UnitName] = Field(
+        default_factory=list, description="systemd units the dom0 suite requires active "
+        "(`.service` unless another suffix is given); default: the Xen units installed")
     boot: BootSettings = Field(default_factory=BootSettings)
     after_build: bool = Field(False, description="`xenforge build` also runs the tests")
 

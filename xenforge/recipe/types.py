@@ -54,6 +54,8 @@ DirPath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_must_ex
 
 #: names used as keys and references: lower case, digits, dot, dash, underscore
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]
+#: a systemd unit name without the ``.service`` suffix (``xendomains``, ``ssh``, ``getty@tty1``)
+UnitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9:_.@-]+$", max_length=128)]
 
 _SIZE = re.compile(r"^([0-9]+)\s*(M|MiB|G|GiB)$")
 
