@@ -9,14 +9,13 @@ prints each guest's console log (xenconsoled ``--log=guest``) to the serial cons
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import _xenbuild as xb
 import pytest
+from _bootiso import xen_iso
 from _kernelbuild import dom0_kernel, guest_kernel, kernel_tree
 
-from xenforge import run as runner
 from xenforge.initramfs import Initramfs
 from xenforge.qemu import Machine, Vm
 
@@ -95,19 +94,6 @@ sync
 poweroff -f
 """
 
-GRUB_CFG = """set timeout=0
-set default=0
-serial --unit=0 --speed=115200
-terminal_input serial console
-terminal_output serial console
-menuentry 'xenforge: built Xen + built dom0 kernel' {{
-    multiboot2 /boot/xen.gz {xen}
-    module2 /boot/vmlinuz {dom0}
-    module2 /boot/initrd.gz
-}}
-"""
-
-
 def guest_initrd(dest: Path, log: Path) -> Path:
     ramfs = Initramfs()
     ramfs.set_init(GUEST_INIT)
@@ -128,19 +114,6 @@ def dom0_initrd(dest: Path, toolstack_install: Path, guest_vmlinuz: Path, guest_
         ramfs.add_text(f"etc/xen/{name}.cfg", GUEST_CFG.format(name=name, extra=extra))
     ramfs.set_init(DOM0_INIT.replace("GUESTS", " ".join(GUESTS)))
     return ramfs.write(dest, log=log)
-
-
-def build_iso(dest: Path, xen_gz: Path, vmlinuz: Path, initrd: Path, log: Path) -> Path:
-    root = dest.parent / "iso-root"
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "boot" / "grub").mkdir(parents=True)
-    shutil.copy(xen_gz, root / "boot" / "xen.gz")
-    shutil.copy(vmlinuz, root / "boot" / "vmlinuz")
-    shutil.copy(initrd, root / "boot" / "initrd.gz")
-    (root / "boot" / "grub" / "grub.cfg").write_text(
-        GRUB_CFG.format(xen=XEN_CMDLINE, dom0=DOM0_CMDLINE))
-    runner.run(["grub-mkrescue", "-o", dest, root], log=log, timeout=300)
-    return dest
 
 
 def boot(iso: Path, workdir: Path, log: Path, timeout: float = 1500) -> tuple[str, bool]:
@@ -186,8 +159,10 @@ def test_dom0_and_pv_pvh_guests_boot(tmp_path: Path) -> None:
     g_ramfs = guest_initrd(tmp_path / "guest-initrd.gz", log)
     d_ramfs = dom0_initrd(tmp_path / "dom0-initrd.gz", toolstack.out / "install",
                           guest.out / "vmlinuz", g_ramfs, log)
-    iso = build_iso(tmp_path / "boot.iso", hypervisor.out / "xen.gz", dom0.out / "vmlinuz",
-                    d_ramfs, log)
+    iso = xen_iso(tmp_path / "boot.iso", xen_gz=hypervisor.out / "xen.gz",
+                  vmlinuz=dom0.out / "vmlinuz", initrd=d_ramfs,
+                  xen_cmdline=XEN_CMDLINE, dom0_cmdline=DOM0_CMDLINE,
+                  title="xenforge: built Xen + built dom0 kernel", log=log)
     serial, done = boot(iso, tmp_path / "vm", log)
     (cache.root / "test-logs").mkdir(exist_ok=True)
     (cache.root / "test-logs" / "kernel-boot-serial.log").write_text(serial)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import _xenbuild as xb
 import pytest
+from _bootiso import xen_iso
 
 from xenforge import run as runner
 from xenforge.initramfs import Initramfs
@@ -52,19 +53,6 @@ sync
 poweroff -f
 """
 
-GRUB_CFG = """set timeout=0
-set default=0
-serial --unit=0 --speed=115200
-terminal_input serial console
-terminal_output serial console
-menuentry 'xenforge smoke: built Xen + Debian dom0' {{
-    multiboot2 /boot/xen.gz {xen}
-    module2 /boot/vmlinuz {dom0}
-    module2 /boot/initrd.gz
-}}
-"""
-
-
 def dom0_kernel(root: Path) -> tuple[Path, Path, str]:
     """Debian's current linux-image-amd64 kernel: (vmlinuz, extracted root, release)."""
     dep = runner.run(["apt-cache", "depends", "linux-image-amd64"], capture=True).stdout
@@ -86,19 +74,6 @@ def dom0_kernel(root: Path) -> tuple[Path, Path, str]:
         runner.run(["depmod", "-b", tmp, release])
         tmp.rename(tree)
     return vmlinuz, tree, release
-
-
-def build_iso(dest: Path, xen_gz: Path, vmlinuz: Path, initrd: Path, log: Path) -> Path:
-    stage = dest.parent / "iso-root"
-    shutil.rmtree(stage, ignore_errors=True)
-    (stage / "boot" / "grub").mkdir(parents=True)
-    shutil.copy(xen_gz, stage / "boot" / "xen.gz")
-    shutil.copy(vmlinuz, stage / "boot" / "vmlinuz")
-    shutil.copy(initrd, stage / "boot" / "initrd.gz")
-    (stage / "boot" / "grub" / "grub.cfg").write_text(
-        GRUB_CFG.format(xen=XEN_CMDLINE, dom0=DOM0_CMDLINE))
-    runner.run(["grub-mkrescue", "-o", dest, stage], log=log, timeout=300)
-    return dest
 
 
 def block(text: str, begin: str, end: str) -> str:
@@ -127,8 +102,10 @@ def test_built_xen_boots_dom0_and_toolstack(built: dict[str, xb.Built], tmp_path
     ramfs.add_modules(kroot, release, DOM0_MODULES)
     ramfs.set_init(INIT)
     initrd = ramfs.write(tmp_path / "initrd.gz", log=log)
-    iso = build_iso(tmp_path / "smoke.iso", built["hypervisor"].out / "xen.gz", vmlinuz,
-                    initrd, log)
+    iso = xen_iso(tmp_path / "smoke.iso", xen_gz=built["hypervisor"].out / "xen.gz",
+                  vmlinuz=vmlinuz, initrd=initrd,
+                  xen_cmdline=XEN_CMDLINE, dom0_cmdline=DOM0_CMDLINE,
+                  title="xenforge smoke: built Xen + Debian dom0", log=log)
 
     with Vm(Machine(memory=2048, cpus=2, firmware=firmware),  # type: ignore[arg-type]
             workdir=tmp_path / "vm", log=log, timeout=900, cdrom=iso) as vm:
