@@ -73,19 +73,23 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
     target = boot_target(out, firmware=firmware, settings=settings)
     kvm = kvm_works(cache.root, target.kernel, logs / "kvm-probe.log")
     progress.line(f"boot   {target.disk.name if target.disk else target.iso} "
-                  f"({target.firmware}, {'KVM' if kvm else 'TCG'}); console: "
-                  f"{cache.root / 'run' / out.name / 'serial.log'}")
+                  f"({target.firmware}, {'KVM' if kvm else 'TCG'})")
     start = time.monotonic()
-    with Session(target, workdir=cache.root / "run" / out.name, log=logs / "qemu.log",
-                 kvm=kvm) as vm:
-        took = vm.wait_ready(settings.boot.timeout)
-        progress.line(f"ready  {vm.ssh_url} after {took:.0f}s")
+    workdir = cache.root / "run" / out.name
+    verify_log = logs / "verify.log"
+    verify_log.unlink(missing_ok=True)  # its last line is what `still` shows
+    with progress, Session(target, workdir=workdir, log=logs / "qemu.log", kvm=kvm) as vm:
+        progress.started("boot", str(workdir / "serial.log"))
+        vm.wait_ready(settings.boot.timeout)
+        progress.finished("boot", "ready", vm.ssh_url)
+        progress.started("suites", str(verify_log))
         outcome = run_suites(vm.ssh_url, expect=suite_expectations(out, settings),
                              junit=junit or out / "test-results" / "junit.xml",
-                             log=logs / "verify.log", builtin=settings.builtin,
+                             log=verify_log, builtin=settings.builtin,
                              extra=settings.suites, identity=target.key, throwaway_host=True)
-        progress.line(f"tests  {outcome.tests} checks in {outcome.seconds:.0f}s; "
-                      f"stopping the VM ({time.monotonic() - start:.0f}s since boot)")
+        progress.finished("suites", "ok" if outcome.ok else "failed",
+                          f"{outcome.tests} checks; stopping the VM "
+                          f"({time.monotonic() - start:.0f}s since boot)")
     return outcome
 
 

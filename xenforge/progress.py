@@ -1,8 +1,11 @@
-"""What a person watching a build sees: a live view of running nodes in a terminal, plain
-timestamped lines otherwise (CI logs), nothing but errors with --quiet."""
+"""What a person watching a build sees: a live view of running nodes (elapsed time, the last
+line of each node's log) in a terminal; plain timestamped lines otherwise (CI logs), with a
+``still`` line per running node every minute so a long compile never looks hung; nothing but
+errors with --quiet."""
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -11,7 +14,32 @@ from typing import IO
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape as rich_escape
 from rich.table import Table
+
+#: seconds between the ``still`` lines of a running node in plain mode
+HEARTBEAT = 60.0
+#: how much of a log's end is read for its last line
+_TAIL_BYTES = 4096
+#: terminal escape sequences (a serial console's), not worth showing
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>])")
+
+
+def last_line(log: str, width: int = 100) -> str:
+    """The last non-empty line of the file ``log`` (shortened to ``width``), or ''."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - _TAIL_BYTES))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    tail = _ANSI.sub("", tail).replace("\r", "\n")
+    lines = [ln for ln in map(str.strip, tail.splitlines()) if ln and ln.isprintable()]
+    if not lines:
+        return ""
+    line = lines[-1]
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _fmt(seconds: float) -> str:
@@ -23,7 +51,8 @@ class Progress:
     """Thread-safe progress reporting for the executor."""
 
     def __init__(self, *, quiet: bool = False, plain: bool | None = None,
-                 stream: IO[str] | None = None, logfile: Path | None = None) -> None:
+                 stream: IO[str] | None = None, logfile: Path | None = None,
+                 heartbeat: float = HEARTBEAT) -> None:
         self.stream = stream or sys.stdout
         self.logfile = logfile
         if logfile is not None:
@@ -34,25 +63,47 @@ class Progress:
         self.lock = threading.Lock()
         self.console = Console(file=self.stream, highlight=False)
         self.live: Live | None = None
+        self.heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def __enter__(self) -> Progress:
         if not self.quiet and not self.plain:
             self.live = Live(self._table(), console=self.console, refresh_per_second=4,
                              transient=True, get_renderable=self._table)
             self.live.__enter__()
+        elif not self.quiet:
+            self._stop.clear()
+            self._beat = threading.Thread(target=self._still, daemon=True)
+            self._beat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
             self.live.__exit__(None, None, None)
             self.live = None
+        if self._beat is not None:
+            self._stop.set()
+            self._beat.join()
+            self._beat = None
+
+    def _still(self) -> None:
+        """Plain mode: every ``heartbeat`` seconds, a line per node still running."""
+        while not self._stop.wait(self.heartbeat):
+            now = time.monotonic()
+            with self.lock:
+                running = list(self.running.items())
+            for name, (start, log) in running:
+                last = last_line(log)
+                self.line(f"still  {name}  {_fmt(now - start)}" + (f"  {last}" if last else ""))
 
     def _table(self) -> Table:
         table = Table(show_header=False, box=None, pad_edge=False)
         now = time.monotonic()
         with self.lock:
             for name, (start, log) in self.running.items():
-                table.add_row("[cyan]running[/]", name, _fmt(now - start), f"[dim]{log}[/]")
+                table.add_row("[cyan]running[/]", name, _fmt(now - start),
+                              f"[dim]{rich_escape(last_line(log, 80) or log)}[/]")
         return table
 
     def line(self, text: str) -> None:

@@ -139,7 +139,7 @@ def run_suites(
             "/dev/null",
             "-o",
             "junit_family=xunit2",
-            "-q",
+            "-v",  # the log's last line names the check running now (`still` lines show it)
             "-ra",
         ]
         if scheme == "ssh":
