@@ -134,7 +134,7 @@ def recipe_node(cache: Cache, name: str, recipe: Path = RECIPE) -> Built:
 
 
 def xen_source(cache: Cache) -> Built:
-    return run_stage(cache, "source", {"spec": load_spec()["source"]})
+    return recipe_node(cache, "source:xen-4.17")
 
 
 def xen_tree(cache: Cache, patches: Path | None = None) -> Built:

@@ -115,6 +115,7 @@ def test_broken_patch_stops_before_building(cache: xb.Cache, tmp_path: Path) -> 
         " nor this\n")
     with (patches / "series").open("a") as f:
         f.write("0002-broken.patch\n")
+    xb.xen_source(cache)  # the failing node's input: built (or found) first
     before = set(cache.objects_dir.glob("*/*"))
     with pytest.raises(XenforgeError) as err:
         xb.xen_tree(cache, patches=patches)
