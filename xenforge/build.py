@@ -5,6 +5,7 @@ to the cache only on success."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import shutil
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from xenforge import run as runner
 from xenforge.cache import Cache
 from xenforge.errors import CommandFailed, StageFailed, XenforgeError
+from xenforge.leftovers import remove_tree
 from xenforge.plan import Graph, Node, explain_change
 from xenforge.progress import Progress
 from xenforge.stages import get_stage
@@ -111,8 +113,8 @@ class Executor:
         self.progress.started(node.name, str(log))
         start = time.monotonic()
         stage = stage_cls()
-        work = self.cache.work(node.id)
         try:
+            work = self.cache.work(node.id)
             with self.cache.staging(node.id) as staging:
                 ctx = StageContext(
                     node=node.name, node_id=node.id,
@@ -139,7 +141,8 @@ class Executor:
                               hint="this is a xenforge bug; run with --debug for the traceback")
             err.__cause__ = exc
             return NodeResult(node.name, node.id, "failed", time.monotonic() - start, error=err)
-        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(XenforgeError, OSError):  # built; the next build retries
+            remove_tree(work)
         self.cache.write_ref(self.graph.recipe, node.name, {"id": node.id, "key": node.key()})
         self.progress.finished(node.name, "built", node.id[:12])
         return NodeResult(node.name, node.id, "built", seconds, out=self.cache.out(node.id))

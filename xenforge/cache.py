@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from xenforge import run as runner
-from xenforge.errors import InputError
+from xenforge.errors import InputError, XenforgeError
+from xenforge.leftovers import remove_tree
 
 
 def default_root() -> Path:
@@ -128,20 +128,19 @@ class Cache:
         first. The dir is deleted on any exception; :meth:`commit` moves it into place.
         """
         for stale in self.tmp_dir.glob(f"{node_id}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_tree(stale)
         path = self.tmp_dir / f"{node_id}.{os.getpid()}.{secrets.token_hex(4)}"
         (path / "out").mkdir(parents=True)
         try:
             yield path
         finally:
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(XenforgeError, OSError):  # the next build retries
+                remove_tree(path)
 
     def work(self, node_id: str) -> Path:
         """A clean scratch dir for a node's build (call under :meth:`lock`)."""
         path = self.work_dir / node_id
-        if path.exists():
-            shutil.rmtree(path)
+        remove_tree(path)  # a killed build's: its mounts and loop devices released first
         path.mkdir(parents=True)
         return path
 
@@ -156,12 +155,12 @@ class Cache:
         target = self.object_dir(node_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.has(node_id):  # another process committed it meanwhile: keep theirs
-            shutil.rmtree(staging)
+            remove_tree(staging)
             return target
         if target.exists():  # incomplete (no manifest): never trusted, replace it
             doomed = self.tmp_dir / f"{node_id}.broken.{secrets.token_hex(4)}"
             os.rename(target, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_tree(doomed)
         os.rename(staging, target)
         return target
 
@@ -213,7 +212,7 @@ class Cache:
         for stale in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
             node_id = stale.name.split(".")[0]
             if self._unlocked(node_id) and not dry_run:
-                shutil.rmtree(stale, ignore_errors=True)
+                remove_tree(stale)
         entries = self.entries()
         keep = self.referenced()
         now = time.time()
@@ -260,7 +259,7 @@ class Cache:
             except BlockingIOError:
                 return False
             if not dry_run:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
             fcntl.flock(f, fcntl.LOCK_UN)
         return True
 
@@ -279,7 +278,7 @@ class Cache:
             if target.exists():
                 doomed = self.tmp_dir / f"{node_id}.gc.{secrets.token_hex(4)}"
                 os.rename(target, doomed)  # gone from the store atomically
-                shutil.rmtree(doomed, ignore_errors=True)
+                remove_tree(doomed)
 
 
 def dir_size(path: Path) -> int:

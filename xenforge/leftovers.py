@@ -21,10 +21,13 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from xenforge.errors import XenforgeError
 
 LOOP_CLR_FD = 0x4C01
 MNT_DETACH = 2
@@ -199,3 +202,38 @@ def guard(root: Path) -> Iterator[None]:
         yield
     finally:
         release(root)
+
+
+def remove_tree(root: Path) -> None:
+    """Delete ``root`` safely: release what a killed build left below it first, refuse while
+    anything is still mounted there, and never descend into another filesystem (a bind mount
+    that appeared meanwhile), so the host's ``/dev`` or a shared cache is never deleted."""
+    if not root.exists() and not root.is_symlink():
+        return
+    left = release(root)
+    mounts = mounts_under(root)
+    if mounts:
+        raise XenforgeError(
+            f"cannot delete {root}: still mounted below it: {', '.join(mounts)}",
+            hint="unmount them (umount -R), then run the command again"
+            + (f" ({'; '.join(left.errors)})" if left.errors else ""))
+    _remove_one_fs(root, os.lstat(root).st_dev)
+
+
+def _remove_one_fs(path: Path, dev: int) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if st.st_dev != dev:
+        raise XenforgeError(f"cannot delete {path}: another filesystem is mounted there",
+                            hint=f"unmount it (umount -R {path}), then run the command again")
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
+            return
+        with os.scandir(path) as it:
+            entries = list(it)
+        for entry in entries:
+            _remove_one_fs(Path(entry.path), dev)
+        os.rmdir(path)
