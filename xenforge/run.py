@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
-import ctypes
 import os
 import shlex
 import signal
@@ -29,8 +28,6 @@ from xenforge.errors import CommandFailed, XenforgeError
 
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TAIL_LINES = 25
-#: prctl(2) option: the signal a process gets when its parent (thread) dies
-PR_SET_PDEATHSIG = 1
 
 _live: set[subprocess.Popen[bytes]] = set()
 _live_lock = threading.Lock()
@@ -108,6 +105,8 @@ def run(
     calling thread waits for them to the end, as this function does.
     """
     args = [os.fspath(a) for a in argv]
+    if die_with_parent:  # util-linux's setpriv sets PR_SET_PDEATHSIG, then execs the command
+        args = ["setpriv", "--pdeathsig", "KILL", "--", *args]
     if _cancelled.is_set():
         raise Interrupted("interrupted; not starting: " + shlex.join(args)[:200])
     full_env = dict(os.environ) if inherit_env else base_env()
@@ -134,7 +133,6 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if capture else subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     except FileNotFoundError as exc:
         if logf:
@@ -181,13 +179,6 @@ def run(
     if check and rc != 0:
         raise CommandFailed(args, rc, list(tail), log)
     return result
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL me when my parent thread dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -118,6 +118,7 @@ def run_suites(
             raise InputError(f"test suite not found: {path}", hint="check tests.suites")
         suites.append(path)
     junit.parent.mkdir(parents=True, exist_ok=True)
+    junit.unlink(missing_ok=True)  # an earlier run's results are never read back as this one's
     with tempfile.TemporaryDirectory(prefix="xenforge-verify-") as tmp:
         tmpdir = Path(tmp)
         expect_file = tmpdir / "expect.json"
@@ -162,6 +163,11 @@ def run_suites(
     if outcome.tests == 0:
         outcome.failures.append(
             Failure("pytest", f"no test ran (exit {res.returncode}); see {log}")
+        )
+    elif res.returncode not in (0, 1):  # 1: some checks failed, recorded in the JUnit XML
+        why = "timed out" if res.returncode < 0 else f"exit {res.returncode}"
+        outcome.failures.append(
+            Failure("pytest", f"the test run did not finish ({why}); see {log}")
         )
     return outcome
 

@@ -174,3 +174,16 @@ def test_services_check_names_each_unit_that_is_down() -> None:
         infra_dom0.test_xen_services_active(host, {})
     assert "systemctl is-active xenconsoled.service" not in host.asked
     assert "systemctl is-active xenstored.service" in host.asked
+
+
+def test_a_run_that_writes_no_junit_never_passes_on_an_old_one(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    junit.write_text('<testsuites><testsuite tests="3"><testcase name="a"/><testcase name="b"/>'
+                     '<testcase name="c"/></testsuite></testsuites>')
+    assert parse_junit(junit).ok  # what an earlier, green run left
+    suite = tmp_path / "test_slow.py"
+    suite.write_text("import time\n\ndef test_hangs(host):\n    time.sleep(120)\n")
+    outcome = run_suites("local://", expect={}, junit=junit, log=tmp_path / "verify.log",
+                         builtin=(), extra=[suite], timeout=8)
+    assert not outcome.ok
+    assert "no test ran" in outcome.failures[0].message
