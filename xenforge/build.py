@@ -56,37 +56,37 @@ class Executor:
         heavy_running: set[cf.Future[NodeResult]] = set()
         with cf.ThreadPoolExecutor(max_workers=self.jobs + 2) as pool:
             running: dict[cf.Future[NodeResult], str] = {}
-            while pending or running:
-                if not failed:
-                    for name, node in list(pending.items()):
-                        deps = node.inputs.values()
-                        if not all(d in self.results
-                                   and self.results[d].status in ("cached", "built")
-                                   for d in deps):
-                            continue
-                        heavy = get_stage(node.stage).heavy and not self.cache.has(node.id)
-                        if heavy and heavy_running:
-                            continue
-                        del pending[name]
-                        fut = pool.submit(self._run_node, node)
-                        running[fut] = name
-                        if heavy:
-                            heavy_running.add(fut)
-                if not running:
-                    break
-                try:
+            try:
+                while pending or running:
+                    if not failed:
+                        for name, node in list(pending.items()):
+                            deps = node.inputs.values()
+                            if not all(d in self.results
+                                       and self.results[d].status in ("cached", "built")
+                                       for d in deps):
+                                continue
+                            heavy = get_stage(node.stage).heavy and not self.cache.has(node.id)
+                            if heavy and heavy_running:
+                                continue
+                            del pending[name]
+                            fut = pool.submit(self._run_node, node)
+                            running[fut] = name
+                            if heavy:
+                                heavy_running.add(fut)
+                    if not running:
+                        break
                     done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                except BaseException:  # SIGINT/SIGTERM: stop commands, let stages clean up
-                    runner.kill_all()
-                    cf.wait(running)
-                    raise
-                for fut in done:
-                    heavy_running.discard(fut)
-                    name = running.pop(fut)
-                    result = fut.result()
-                    self.results[name] = result
-                    if result.status == "failed":
-                        failed = True
+                    for fut in done:
+                        heavy_running.discard(fut)
+                        name = running.pop(fut)
+                        result = fut.result()
+                        self.results[name] = result
+                        if result.status == "failed":
+                            failed = True
+            except BaseException:  # SIGINT/SIGTERM: stop commands, let stages clean up
+                runner.kill_all()
+                cf.wait(running)
+                raise
         for name, node in pending.items():
             self.results[name] = NodeResult(name, node.id, "skipped")
         return self.results

@@ -143,6 +143,9 @@ def run(
         ) from exc
     with _live_lock:
         _live.add(proc)
+        cancelled_meanwhile = _cancelled.is_set()  # kill_all() ran between the check and now
+    if cancelled_meanwhile:
+        _kill_group(proc)
     threads = []
     assert proc.stdout is not None
     threads.append(threading.Thread(target=_pump, args=(proc.stdout, logf, tail,
