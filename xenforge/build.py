@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,8 @@ class Executor:
             err = exc if isinstance(exc, StageFailed) else _as_stage_failure(node, exc, log)
             return NodeResult(node.name, node.id, "failed", time.monotonic() - start, error=err)
         except Exception as exc:  # a bug in a stage: still name the node and the log
+            with open(log, "a", encoding="utf-8") as f:
+                f.write("[xenforge] internal error:\n" + "".join(traceback.format_exception(exc)))
             self.progress.finished(node.name, "FAILED", f"log: {log}")
             err = StageFailed(node.name, f"internal error: {type(exc).__name__}: {exc}", log=log,
                               hint="this is a xenforge bug; run with --debug for the traceback")
@@ -153,5 +156,6 @@ def _as_stage_failure(node: Node, exc: XenforgeError, log: Path) -> StageFailed:
         err = StageFailed(node.name, exc.message, log=log)
     else:
         err = StageFailed(node.name, exc.message, log=log, hint=exc.hint)
+    err.exit_code = exc.exit_code  # bad input found while building is still bad input (2)
     err.__cause__ = exc
     return err

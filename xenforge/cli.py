@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -97,11 +99,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if failed:
         for r in failed:
             assert r.error is not None
+            if args.debug and r.error.__cause__ is not None:
+                traceback.print_exception(r.error.__cause__, file=sys.stderr)
             print(f"error: {r.error.render()}", file=sys.stderr)
         skipped = [r.name for r in results.values() if r.status == "skipped"]
         if skipped:
             print(f"not built because of the failure: {', '.join(skipped)}", file=sys.stderr)
-        return 1
+        return max(r.error.exit_code for r in failed if r.error is not None)
     out_dir = Path(args.out) / graph.recipe
     artifacts = export(graph, results, cache, out_dir)
     built = sum(r.status == "built" for r in results.values())
@@ -272,7 +276,12 @@ def _cmd_ssh(args: argparse.Namespace) -> int:
         raise InputError(
             f"no running VM for {name}", hint=f"start one: xenforge boot {args.recipe}"
         )
-    state = json.loads(state_file.read_text())
+    try:
+        state = json.loads(state_file.read_text())
+    except ValueError:
+        raise InputError(f"{state_file} is damaged",
+                         hint=f"stop the VM and start it again: xenforge boot {args.recipe}"
+                         ) from None
     argv = [
         "ssh",
         "-p",
@@ -295,11 +304,34 @@ def _parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError as exc:
-        raise InputError(f"--max-size: {text!r} is not a size", hint="e.g. 20G or 500M") from exc
+        number = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise InputError(f"--max-size: {text!r} is not a size", hint="e.g. 20G or 500M")
+    return int(number)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _days(text: str) -> float:
+    """argparse type: a finite number of days >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (0 or more)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         "build", parents=[common], help="build a recipe's artifacts through the cache"
     )
     b.add_argument("recipe", metavar="RECIPE")
-    b.add_argument("-j", "--jobs", type=int, default=None, help="parallel jobs (default: cores)")
+    b.add_argument("-j", "--jobs", type=_positive_int, default=None,
+                   help="parallel jobs (default: cores)")
     b.add_argument("-o", "--out", default="out", help="artifact directory (default: ./out)")
     b.add_argument(
         "-t",
@@ -419,9 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cache", parents=[common], help="inspect or clean the cache")
     csub = c.add_subparsers(dest="cache_cmd", required=True, metavar="ACTION")
-    csub.add_parser("ls", help="list cached nodes, least recently used first")
-    csub.add_parser("du", help="disk use by stage")
-    gc = csub.add_parser("gc", help="remove stale and old entries")
+    csub.add_parser("ls", parents=[common], help="list cached nodes, least recently used first")
+    csub.add_parser("du", parents=[common], help="disk use by stage")
+    gc = csub.add_parser("gc", parents=[common], help="remove stale and old entries")
     gc.add_argument(
         "--max-size",
         help="shrink to this size, least recently used first "
@@ -429,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument(
         "--older-than",
-        type=float,
+        type=_days,
         metavar="DAYS",
         help="remove entries not used for DAYS and not the latest of any recipe",
     )
@@ -467,6 +500,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.kill_all()
         print("interrupted; nothing half-built was kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: say so in one line; the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: internal error: {type(exc).__name__}: {exc}\n"
+              "  hint: this is a xenforge bug; run again with --debug for the traceback",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,7 +39,11 @@ def artifact_target(path: Path, *, firmware: str | None, settings: TestsSection)
                          hint="pass a recipe (recipes/xen-host.yaml), a disk image "
                          "(.qcow2, .raw, .img) or an ISO")
     info_file = path.parent / "image-info.json"
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    try:
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    except ValueError:
+        raise InputError(f"{info_file} is damaged (not JSON)",
+                         hint="export the image again: xenforge build RECIPE") from None
     firmwares = list(info.get("firmware") or ["bios", "uefi"])
     fw = firmware or settings.boot.firmware
     if fw not in firmwares:

@@ -52,15 +52,18 @@ class Outcome:
 
 def parse_target(target: str) -> tuple[str, str, str, int | None]:
     """``ssh://user@host:port`` -> (scheme, user, host, port); raise InputError if malformed."""
-    parts = urlsplit(target)
+    bad = InputError(f"--host {target!r} is not a host address",
+                     hint="write it as ssh://root@HOST[:PORT] (or paramiko://...)")
+    try:
+        parts = urlsplit(target)
+        port = parts.port  # raises ValueError when not a number in 0-65535
+    except ValueError:
+        raise bad from None
     if parts.scheme not in ("ssh", "paramiko", "local") or (
         parts.scheme != "local" and not parts.hostname
     ):
-        raise InputError(
-            f"--host {target!r} is not a host address",
-            hint="write it as ssh://root@HOST[:PORT] (or paramiko://...)",
-        )
-    return parts.scheme, parts.username or "root", parts.hostname or "", parts.port
+        raise bad
+    return parts.scheme, parts.username or "root", parts.hostname or "", port
 
 
 def ssh_config(dest: Path, *, throwaway_host: bool, known_hosts: Path | None = None) -> Path:

@@ -22,7 +22,8 @@ from xenforge.verify import parse_junit, parse_target, run_suites, ssh_config
 def test_parse_target() -> None:
     assert parse_target("ssh://xenforge@127.0.0.1:2222") == ("ssh", "xenforge", "127.0.0.1", 2222)
     assert parse_target("paramiko://host") == ("paramiko", "root", "host", None)
-    for bad in ("host", "http://host", "ssh://"):
+    for bad in ("host", "http://host", "ssh://", "ssh://root@h1:abc", "ssh://root@h1:99999",
+                "ssh://root@[::1"):
         with pytest.raises(InputError, match="not a host address"):
             parse_target(bad)
 

@@ -87,8 +87,8 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem]
         for i, ref in enumerate(extends):
             pos = origins.find(("extends", i))
             line = pos[1] if pos else None
-            if not isinstance(ref, str):
-                continue  # the model reports the wrong type
+            if not isinstance(ref, str) or "\0" in ref:
+                continue  # the model reports the wrong type or the bad path
             target = (file.parent / ref).resolve()
             if target in stack or target == file:
                 chain = " -> ".join(p.name for p in [*stack, file, target])

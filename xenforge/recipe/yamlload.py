@@ -56,6 +56,10 @@ def _construct(node: yaml.Node, file: Path, loc: Loc, origins: Origins) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain name, not a list or mapping",
+                    key_node.start_mark)
             key = _Loader(b"").construct_object(key_node)  # plain scalar key
             if isinstance(key, str) and key == "<<":
                 raise yaml.constructor.ConstructorError(
@@ -75,6 +79,25 @@ def _construct(node: yaml.Node, file: Path, loc: Loc, origins: Origins) -> Any:
     return value
 
 
+def _refuse_aliases(root: yaml.Node) -> None:
+    """Anchors and aliases (``&a``/``*a``) would let a recipe refer to itself or blow up
+    when expanded; recipes share through ``extends:`` instead. A node met twice is one."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML anchors and aliases (&name, *name) are not supported; "
+                "share settings through extends:", node.start_mark)
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack += [k, v]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+
+
 def load_yaml(file: Path) -> tuple[Any, Origins]:
     """Parse one YAML file; raise a located :class:`Problem` list on syntax errors."""
     origins = Origins()
@@ -90,6 +113,7 @@ def load_yaml(file: Path) -> tuple[Any, Origins]:
         node = yaml.compose(text, Loader=_Loader)
         if node is None:
             return {}, origins
+        _refuse_aliases(node)
         return _construct(node, file, (), origins), origins
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
