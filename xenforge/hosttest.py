@@ -18,9 +18,7 @@ from xenforge.verify import Outcome, run_suites
 
 def boot_target(out: Path, *, firmware: str | None, settings: TestsSection) -> Target:
     host = find_dom0(out)
-    fw = firmware or settings.boot.firmware
-    if fw not in host.firmware:
-        fw = host.firmware[0]
+    fw = _firmware(firmware, settings, list(host.firmware), host.disk)
     return Target(disk=host.disk, firmware=fw,  # type: ignore[arg-type]
                   memory=settings.boot.memory, cpus=settings.boot.cpus, key=host.key,
                   user=host.user, kernel=_dom0_kernel(out))
@@ -44,10 +42,7 @@ def artifact_target(path: Path, *, firmware: str | None, settings: TestsSection)
     except ValueError:
         raise InputError(f"{info_file} is damaged (not JSON)",
                          hint="export the image again: xenforge build RECIPE") from None
-    firmwares = list(info.get("firmware") or ["bios", "uefi"])
-    fw = firmware or settings.boot.firmware
-    if fw not in firmwares:
-        fw = firmwares[0]
+    fw = _firmware(firmware, settings, list(info.get("firmware") or ["bios", "uefi"]), path)
     key = path.parent / "access_key"
     return Target(disk=path if kind == "disk" else None, iso=path if kind == "iso" else None,
                   firmware=fw,  # type: ignore[arg-type]
@@ -63,6 +58,20 @@ def suite_expectations(out: Path | None, settings: TestsSection) -> dict[str, An
     if settings.services:
         expect["services"] = list(settings.services)
     return expect
+
+
+def _firmware(asked: str | None, settings: TestsSection, supported: list[str],
+              disk: Path | None) -> str:
+    """``--firmware`` if the image boots with it (else an error); otherwise the recipe's
+    ``tests.boot.firmware`` when the image has it, else the image's first."""
+    if asked is not None:
+        if asked not in supported:
+            raise InputError(f"{disk} does not boot with {asked} (it was built for "
+                             f"{', '.join(supported)})",
+                             hint=f"use --firmware {supported[0]}, or add {asked} to the "
+                             "image's firmware list in the recipe and build again")
+        return asked
+    return settings.boot.firmware if settings.boot.firmware in supported else supported[0]
 
 
 def _dom0_kernel(out: Path) -> Path | None:

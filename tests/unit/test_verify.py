@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from xenforge.errors import InputError
-from xenforge.hosttest import artifact_target, suite_expectations
+from xenforge.hosttest import artifact_target, boot_target, suite_expectations
 from xenforge.infra import test_dom0 as infra_dom0
 from xenforge.outputs import expectations, find_dom0
 from xenforge.recipe.model import TestsSection as Settings
@@ -137,6 +137,12 @@ def test_boot_takes_a_built_disk_image_with_its_firmware_and_key(tmp_path: Path)
     with pytest.raises(InputError, match="not a recipe or a bootable file"):
         artifact_target(tmp_path / "image-xen-host" / "image-info.json", firmware=None,
                         settings=Settings())
+    # asking for a firmware the image was not built for is an error, not a silent fallback
+    with pytest.raises(InputError, match=r"does not boot with bios \(it was built for uefi\)"):
+        artifact_target(disk, firmware="bios", settings=Settings())
+    with pytest.raises(InputError, match="does not boot with bios"):
+        boot_target(tmp_path, firmware="bios", settings=Settings())
+    assert boot_target(tmp_path, firmware=None, settings=Settings()).firmware == "uefi"
 
 
 def test_recipe_services_reach_the_suite(tmp_path: Path) -> None:
