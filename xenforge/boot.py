@@ -7,6 +7,7 @@ readiness = a console marker plus an SSH banner."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from xenforge import run as runner
-from xenforge.errors import XenforgeError
+from xenforge.errors import InputError, XenforgeError
 from xenforge.qemu import TCG_CPU, Machine, Vm
 
 Firmware = Literal["bios", "uefi"]
@@ -80,21 +81,43 @@ def _qemu_version() -> str:
     return res.stdout.splitlines()[0] if res.stdout else "unknown"
 
 
+def _claim(workdir: Path) -> int:
+    """Lock ``workdir`` for one session (a second one would delete the first one's monitor
+    socket, pid file and overlay); the lock goes with the process, however it ends."""
+    fd = os.open(workdir / "session.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InputError(f"a VM of another xenforge session runs in {workdir} (pid {holder})",
+                         hint="stop that session first (Ctrl-C in its terminal, or "
+                         f"kill {holder}), or use another --cache-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Session:
     """A booted machine (a context manager that always stops QEMU)."""
 
-    def __init__(self, target: Target, *, workdir: Path, log: Path, lifetime: float = 7200,
-                 kvm: bool = False) -> None:
+    def __init__(self, target: Target, *, workdir: Path, log: Path,
+                 lifetime: float | None = 7200, kvm: bool = False) -> None:
         self.target = target
         self.workdir = workdir
         self.log = log
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
-        # the machine makes new SSH host keys on this boot: forget the last boot's
-        (workdir / "known_hosts").unlink(missing_ok=True)
-        disks: tuple[Path, ...] = ()
-        if target.disk is not None:
-            disks = (self._overlay(target.disk),)
+        self._lock = _claim(workdir)  # before touching the files of a VM that may run there
+        try:
+            # the machine makes new SSH host keys on this boot: forget the last boot's
+            (workdir / "known_hosts").unlink(missing_ok=True)
+            disks: tuple[Path, ...] = ()
+            if target.disk is not None:
+                disks = (self._overlay(target.disk),)
+        except BaseException:
+            os.close(self._lock)
+            raise
         machine = Machine(memory=target.memory, cpus=target.cpus, firmware=target.firmware,
                           accel="kvm" if kvm else "tcg", cpu="host" if kvm else TCG_CPU)
         self.qmp_path = workdir / "qmp.sock"
@@ -164,6 +187,9 @@ class Session:
                 self.qmp("system_powerdown")
                 self.vm.wait_exit(timeout=grace)
         self.vm.stop()
+        if self._lock >= 0:
+            os.close(self._lock)  # the run dir is free for the next session
+            self._lock = -1
 
     def state(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "port": self.port, "user": self.target.user,

@@ -233,6 +233,7 @@ def _boot_what(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _cmd_boot(args: argparse.Namespace) -> int:
     from xenforge.boot import Session, kvm_works
+    from xenforge.progress import last_line
 
     name, target, settings = _boot_what(args)
     recipe = "RECIPE" if _is_artifact(args.recipe) else args.recipe
@@ -245,7 +246,8 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         f"console log: {run_dir / 'serial.log'}",
         flush=True,
     )
-    with Session(target, workdir=run_dir, log=logs / "qemu.log", kvm=kvm) as vm:
+    with Session(target, workdir=run_dir, log=logs / "qemu.log", kvm=kvm,
+                 lifetime=None) as vm:  # runs until Ctrl-C, however long
         took = vm.wait_ready(args.timeout or settings.boot.timeout)
         state = vm.state()
         (run_dir / "state.json").write_text(json.dumps(state, indent=2))
@@ -263,7 +265,12 @@ def _cmd_boot(args: argparse.Namespace) -> int:
                 time.sleep(1)
         finally:
             (run_dir / "state.json").unlink(missing_ok=True)
-    return 0
+    # QEMU ended by itself: the machine powered off (or rebooted: -no-reboot), or crashed
+    rc = vm.vm.result.returncode if vm.vm.result else None
+    last = last_line(str(vm.vm.serial)) or "(nothing)"
+    print(f"the VM stopped by itself (QEMU exit {rc}); the console said last: {last}\n"
+          f"  console log: {vm.vm.serial}", file=sys.stderr)
+    return 0 if rc == 0 else 1
 
 
 def _cmd_ssh(args: argparse.Namespace) -> int:

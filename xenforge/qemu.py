@@ -90,7 +90,7 @@ def argv(spec: Machine, *, workdir: Path, cdrom: Path | None = None,
 class Vm:
     """A running QEMU (a context manager): see the module docstring."""
 
-    def __init__(self, spec: Machine, *, workdir: Path, log: Path, timeout: float,
+    def __init__(self, spec: Machine, *, workdir: Path, log: Path, timeout: float | None,
                  **kw: object) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         for name in ("serial.log", "monitor.sock", "qemu.pid"):

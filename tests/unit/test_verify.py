@@ -5,12 +5,14 @@ build's outputs say a host must show, and what ``xenforge boot`` accepts as a fi
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from xenforge import boot
 from xenforge.errors import InputError
 from xenforge.hosttest import artifact_target, boot_target, suite_expectations
 from xenforge.infra import test_dom0 as infra_dom0
@@ -194,3 +196,15 @@ def test_a_run_that_writes_no_junit_never_passes_on_an_old_one(tmp_path: Path) -
                          builtin=(), extra=[suite], timeout=8)
     assert not outcome.ok
     assert "no test ran" in outcome.failures[0].message
+
+
+def test_one_vm_session_per_run_dir(tmp_path: Path) -> None:
+    """A second session in the same run dir would delete the first one's monitor socket,
+    pid file and overlay: it is refused, naming the process that holds the dir."""
+    first = boot._claim(tmp_path)
+    try:
+        with pytest.raises(InputError, match=rf"another xenforge session .* \(pid {os.getpid()}\)"):
+            boot._claim(tmp_path)
+    finally:
+        os.close(first)
+    os.close(boot._claim(tmp_path))  # free again once the first session ended
