@@ -74,11 +74,17 @@ class Cache:
                                or default_root() / "ccache").absolute()
         try:
             for d in (self.objects_dir, self.tmp_dir, self.locks_dir, self.refs_dir,
-                      self.work_dir, self.downloads_dir, self.ccache_dir):
+                      self.work_dir, self.downloads_dir):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot use cache directory {self.root}: {exc.strerror}",
                              hint="pass --cache-dir DIR or set XENFORGE_CACHE_DIR") from exc
+        try:
+            self.ccache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot use the compiler cache {self.ccache_dir}: "
+                             f"{exc.strerror}",
+                             hint="set XENFORGE_CCACHE_DIR to a writable directory") from exc
 
     # -- objects -----------------------------------------------------------------------
     def object_dir(self, node_id: str) -> Path:
@@ -106,6 +112,20 @@ class Cache:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def try_lock(self, node_id: str) -> Iterator[bool]:
+        """The node's lock if nobody holds it (yields True), else yields False at once."""
+        with open(self.lock_file(node_id), "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -210,9 +230,10 @@ class Cache:
         if not dry_run:
             runner.stop_orphans(self.orphaned)  # commands of dead builds writing in there
         for stale in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
-            node_id = stale.name.split(".")[0]
-            if self._unlocked(node_id) and not dry_run:
-                remove_tree(stale)
+            # held while deleting: a build that starts meanwhile waits, then makes a new one
+            with self.try_lock(stale.name.split(".")[0]) as free:
+                if free and not dry_run:
+                    remove_tree(stale)
         entries = self.entries()
         keep = self.referenced()
         now = time.time()
@@ -230,9 +251,7 @@ class Cache:
                 continue
             too_old = older_than is not None and now - e.used > older_than
             too_big = max_bytes is not None and total > max_bytes
-            if too_old or too_big:
-                if not dry_run:
-                    self._remove(e.id)
+            if (too_old or too_big) and (dry_run or self._remove(e)):
                 removed.append(e)
                 total -= e.size
         return removed
@@ -272,13 +291,20 @@ class Cache:
             fcntl.flock(f, fcntl.LOCK_UN)
             return True
 
-    def _remove(self, node_id: str) -> None:
-        with self.lock(node_id):
-            target = self.object_dir(node_id)
-            if target.exists():
-                doomed = self.tmp_dir / f"{node_id}.gc.{secrets.token_hex(4)}"
-                os.rename(target, doomed)  # gone from the store atomically
-                remove_tree(doomed)
+    def _remove(self, e: Entry) -> bool:
+        """Remove an object unless a build holds it, used it since ``e`` was listed, or
+        made it a recipe's latest meanwhile; True if it is gone."""
+        with self.try_lock(e.id) as free:
+            target = self.object_dir(e.id)
+            if not free or not target.exists() or e.id in self.referenced():
+                return False
+            with contextlib.suppress(OSError):
+                if (target / "manifest.json").stat().st_mtime > e.used:
+                    return False  # touched by a build that took it from the cache
+            doomed = self.tmp_dir / f"{e.id}.gc.{secrets.token_hex(4)}"
+            os.rename(target, doomed)  # gone from the store atomically
+            remove_tree(doomed)
+            return True
 
 
 def dir_size(path: Path) -> int:

@@ -288,6 +288,18 @@ def test_gc_by_size_removes_least_recently_used_unreferenced_first(cache: Cache)
     assert cache.has(old_ref), "the latest build of a recipe's node was collected"
 
 
+def test_gc_keeps_what_a_build_holds_or_used_after_the_listing(cache: Cache) -> None:
+    _old_ref, old, _new = _three(cache)
+    with cache.lock(old):  # a build (e.g. reading it as an input) holds it: kept
+        assert cache.gc(older_than=5 * DAY) == []
+    assert cache.has(old)
+    (entry,) = [e for e in cache.entries() if e.id == old]
+    cache.touch(old)  # a build took it from the cache after gc listed it: kept
+    assert cache._remove(entry) is False and cache.has(old)
+    (entry,) = [e for e in cache.entries() if e.id == old]
+    assert cache._remove(entry) is True and not cache.has(old)
+
+
 def test_gc_removes_stale_staging_but_not_a_running_build(cache: Cache) -> None:
     stale = cache.tmp_dir / f"{ID_A}.1.dead"
     stale.mkdir()
