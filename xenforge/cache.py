@@ -21,6 +21,7 @@ by the next build of that node (under its lock) or by ``xenforge cache gc``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -165,7 +166,10 @@ class Cache:
         return path
 
     def commit(self, node_id: str, staging: Path, manifest: dict[str, Any]) -> Path:
-        """Write the manifest and move ``staging`` into the store atomically."""
+        """Write the manifest and move ``staging`` into the store atomically. The outputs
+        reach the disk before the manifest does, and the rename before this returns, so
+        not even a power loss leaves a manifest over empty files."""
+        _syncfs(staging)
         mf = staging / "manifest.json"
         with open(mf.with_suffix(".tmp"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
@@ -182,6 +186,7 @@ class Cache:
             os.rename(target, doomed)
             remove_tree(doomed)
         os.rename(staging, target)
+        _fsync_dir(target.parent)
         return target
 
     # -- refs: what a recipe's node was last built as ---------------------------------
@@ -305,6 +310,24 @@ class Cache:
             os.rename(target, doomed)  # gone from the store atomically
             remove_tree(doomed)
             return True
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (syncfs(2): all of a node's outputs at once)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def dir_size(path: Path) -> int:
