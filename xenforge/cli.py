@@ -505,7 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xenforge import run
 
         run.kill_all()
-        print("interrupted; nothing half-built was kept", file=sys.stderr)
+        done = {"build": "nothing half-built was kept", "boot": "the VM was stopped",
+                "test": "the VM was stopped"}.get(args.command, "stopped")
+        print(f"interrupted; {done}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: say so in one line; the traceback with --debug
         if args.debug:
