@@ -60,20 +60,7 @@ class Executor:
             try:
                 while pending or running:
                     if not failed:
-                        for name, node in list(pending.items()):
-                            deps = node.inputs.values()
-                            if not all(d in self.results
-                                       and self.results[d].status in ("cached", "built")
-                                       for d in deps):
-                                continue
-                            heavy = get_stage(node.stage).heavy and not self.cache.has(node.id)
-                            if heavy and heavy_running:
-                                continue
-                            del pending[name]
-                            fut = pool.submit(self._run_node, node)
-                            running[fut] = name
-                            if heavy:
-                                heavy_running.add(fut)
+                        self._submit_ready(pool, pending, running, heavy_running)
                     if not running:
                         break
                     done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -91,6 +78,23 @@ class Executor:
         for name, node in pending.items():
             self.results[name] = NodeResult(name, node.id, "skipped")
         return self.results
+
+    def _submit_ready(self, pool: cf.ThreadPoolExecutor, pending: dict[str, Node],
+                      running: dict[cf.Future[NodeResult], str],
+                      heavy_running: set[cf.Future[NodeResult]]) -> None:
+        """Start every pending node whose inputs are done (at most one heavy build)."""
+        for name, node in list(pending.items()):
+            if not all(d in self.results and self.results[d].status in ("cached", "built")
+                       for d in node.inputs.values()):
+                continue
+            heavy = get_stage(node.stage).heavy and not self.cache.has(node.id)
+            if heavy and heavy_running:
+                continue
+            del pending[name]
+            fut = pool.submit(self._run_node, node)
+            running[fut] = name
+            if heavy:
+                heavy_running.add(fut)
 
     def _run_node(self, node: Node) -> NodeResult:
         if self.cache.has(node.id):
