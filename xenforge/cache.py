@@ -21,7 +21,6 @@ by the next build of that node (under its lock) or by ``xenforge cache gc``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -34,7 +33,7 @@ from typing import Any
 
 from xenforge import run as runner
 from xenforge.errors import InputError, XenforgeError
-from xenforge.leftovers import remove_tree
+from xenforge.leftovers import libc, remove_tree
 
 
 def default_root() -> Path:
@@ -288,13 +287,8 @@ class Cache:
         return True
 
     def _unlocked(self, node_id: str) -> bool:
-        with open(self.locks_dir / f"{node_id}.lock", "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return True
+        with self.try_lock(node_id) as free:
+            return free
 
     def _remove(self, e: Entry) -> bool:
         """Remove an object unless a build holds it, used it since ``e`` was listed, or
@@ -316,7 +310,7 @@ def _syncfs(path: Path) -> None:
     """Flush the filesystem holding ``path`` (syncfs(2): all of a node's outputs at once)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+        if libc().syncfs(fd) != 0:
             os.sync()
     finally:
         os.close(fd)

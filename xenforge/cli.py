@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -319,26 +319,22 @@ def _parse_size(text: str) -> int:
     return int(number)
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (a usage error otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
+def _at_least(minimum: float, convert: Callable[[str], float], what: str
+              ) -> Callable[[str], float]:
+    """An argparse type: ``convert``ed, finite and >= ``minimum`` (a usage error otherwise)."""
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
 
 
-def _days(text: str) -> float:
-    """argparse type: a finite number of days >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (0 or more)")
-    return value
+_positive_int = _at_least(1, int, "a whole number of at least 1")
+_days = _at_least(0, float, "a number of days (0 or more)")
 
 
 def build_parser() -> argparse.ArgumentParser:

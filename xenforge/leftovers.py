@@ -121,13 +121,13 @@ def processes_rooted_under(root: Path) -> list[int]:
     return found
 
 
-def _libc() -> ctypes.CDLL:
+def libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def _umount(path: str, flags: int = 0) -> int:
     """0 on success, else the errno."""
-    rc = _libc().umount2(os.fsencode(path), flags)
+    rc = libc().umount2(os.fsencode(path), flags)
     return 0 if rc == 0 else ctypes.get_errno()
 
 
