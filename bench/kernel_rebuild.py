@@ -24,8 +24,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xenforge.cache import Cache  # noqa: E402
-from xenforge.hashing import sha256_json, tree_hash  # noqa: E402
+from xenforge.cache.store import Cache  # noqa: E402
+from xenforge.core.hashing import sha256_json, tree_hash  # noqa: E402
 from xenforge.stages import get_stage  # noqa: E402
 from xenforge.stages.base import StageContext  # noqa: E402
 

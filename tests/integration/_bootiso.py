@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from xenforge import run as runner
+from xenforge.core import run as runner
 
 GRUB_CFG = """set timeout=0
 set default=0

@@ -25,8 +25,8 @@ from pathlib import Path
 import _xenbuild as xb
 import pytest
 
-from xenforge import leftovers
-from xenforge.cache import Cache
+from xenforge.cache.store import Cache
+from xenforge.core import leftovers
 
 pytestmark = [
     pytest.mark.slow,
@@ -105,10 +105,10 @@ def test_dom0_image(built: dict[str, xb.Built]) -> None:
 DRIVER = textwrap.dedent("""\
     import json, signal, sys
     from pathlib import Path
-    from xenforge.build import Executor
-    from xenforge.cache import Cache
-    from xenforge.plan import compute_ids, plan
-    from xenforge.progress import Progress
+    from xenforge.build.executor import Executor
+    from xenforge.cache.store import Cache
+    from xenforge.plan.graph import compute_ids, plan
+    from xenforge.cli.progress import Progress
     from xenforge.recipe.load import load_recipe
 
     def term(signum, frame):

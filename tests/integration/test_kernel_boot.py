@@ -15,9 +15,9 @@ import _xenbuild as xb
 import pytest
 from _bootiso import xen_iso
 from _kernelbuild import dom0_kernel, guest_kernel, kernel_tree
+from initramfs import Initramfs
 
-from xenforge.initramfs import Initramfs
-from xenforge.qemu import Machine, Vm
+from xenforge.vm.qemu import Machine, Vm
 
 pytestmark = pytest.mark.slow
 

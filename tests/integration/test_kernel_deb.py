@@ -14,7 +14,7 @@ from _kernelbuild import dom0_kernel, kernel_tree
 from _xenbuild import test_cache as _test_cache
 from test_xen_build import chroot, debootstrap_tarball
 
-from xenforge import run as runner
+from xenforge.core import run as runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

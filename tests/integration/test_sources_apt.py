@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from xenforge import run as runner
-from xenforge.debsrc import checksums_sha256, parse_deb822
-from xenforge.errors import SourceError
-from xenforge.hashing import sha256_file
-from xenforge.sources import AptSource, DebSource, fetch, primary_archive, unpack
+from xenforge.core import run as runner
+from xenforge.core.errors import SourceError
+from xenforge.core.hashing import sha256_file
+from xenforge.sources.debian import checksums_sha256, parse_deb822
+from xenforge.sources.specs import AptSource, DebSource, fetch, primary_archive, unpack
 
 pytestmark = pytest.mark.slow
 

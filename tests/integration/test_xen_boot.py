@@ -14,10 +14,10 @@ from pathlib import Path
 import _xenbuild as xb
 import pytest
 from _bootiso import xen_iso
+from initramfs import Initramfs
 
-from xenforge import run as runner
-from xenforge.initramfs import Initramfs
-from xenforge.qemu import Machine, Vm
+from xenforge.core import run as runner
+from xenforge.vm.qemu import Machine, Vm
 
 pytestmark = pytest.mark.slow
 

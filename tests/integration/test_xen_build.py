@@ -18,9 +18,9 @@ from pathlib import Path
 import _xenbuild as xb
 import pytest
 
-from xenforge import kconfig
-from xenforge import run as runner
-from xenforge.errors import InputError, XenforgeError
+from xenforge.core import run as runner
+from xenforge.core.errors import InputError, XenforgeError
+from xenforge.lib import kconfig
 
 pytestmark = pytest.mark.slow
 

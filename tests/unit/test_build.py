@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 import xf_test_stages
 
-from xenforge import cli
 from xenforge import stages as stage_registry
-from xenforge.artifacts import export
-from xenforge.build import Executor
-from xenforge.cache import Cache
-from xenforge.hashing import sha256_file
-from xenforge.plan import Graph, Node, compute_ids, plan
-from xenforge.progress import Progress
+from xenforge.build.executor import Executor
+from xenforge.cache.store import Cache
+from xenforge.cli import app as cli
+from xenforge.cli.progress import Progress
+from xenforge.core.hashing import sha256_file
+from xenforge.export.artifacts import export
+from xenforge.plan.graph import Graph, Node, compute_ids, plan
 from xenforge.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -315,10 +315,10 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import xf_test_stages
 from xenforge import stages
-from xenforge.build import Executor
-from xenforge.cache import Cache
-from xenforge.plan import Graph, Node, compute_ids
-from xenforge.progress import Progress
+from xenforge.build.executor import Executor
+from xenforge.cache.store import Cache
+from xenforge.plan.graph import Graph, Node, compute_ids
+from xenforge.cli.progress import Progress
 stages.REGISTRY.update(xf_test_stages.TEST_STAGES)
 g = Graph(recipe="hang")
 g.add(Node(name=sys.argv[4], stage="hang-test", options={"pidfile": sys.argv[3]}))

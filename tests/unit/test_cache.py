@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import xf_test_stages
 
-from xenforge import cli
 from xenforge import stages as stage_registry
-from xenforge.build import Executor
-from xenforge.cache import Cache
-from xenforge.plan import Graph, Node, compute_ids
-from xenforge.progress import Progress
+from xenforge.build.executor import Executor
+from xenforge.cache.store import Cache
+from xenforge.cli import app as cli
+from xenforge.cli.progress import Progress
+from xenforge.plan.graph import Graph, Node, compute_ids
 
 FORK = multiprocessing.get_context("fork")
 ID_A = "a" * 64

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xenforge import cli
+from xenforge.cli import app as cli
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = str(REPO / "recipes" / "xen-host.yaml")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xenforge import disk
+from xenforge.lib import gptdisk as disk
 
 TOOLS = ("sgdisk", "mkfs.ext4", "mkfs.fat", "mcopy", "grub-mkimage")
 needs_tools = pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xenforge.cache import Cache
-from xenforge.errors import StageFailed
-from xenforge.plan import Graph, plan
-from xenforge.plan_images import IMAGE_ELEMENTS
+from xenforge.cache.store import Cache
+from xenforge.core.errors import StageFailed
+from xenforge.plan.graph import Graph, plan
+from xenforge.plan.images import IMAGE_ELEMENTS
 from xenforge.recipe.load import load_recipe
 from xenforge.stages.apt_repo import AptRepoOptions, AptRepoStage
 from xenforge.stages.base import StageContext

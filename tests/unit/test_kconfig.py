@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from xenforge import kconfig as k
-from xenforge.errors import InputError
-from xenforge.kconfig_index import KconfigIndex, explain, parse_expr, render
+from xenforge.core.errors import InputError
+from xenforge.lib import kconfig as k
+from xenforge.lib.kconfig_index import KconfigIndex, explain, parse_expr, render
 
 # -- parsing ---------------------------------------------------------------------------------
 

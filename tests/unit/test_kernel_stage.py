@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from xenforge.cache import Cache
-from xenforge.errors import InputError, StageFailed
+from xenforge.cache.store import Cache
+from xenforge.core.errors import InputError, StageFailed
 from xenforge.stages import get_stage
 from xenforge.stages.base import StageContext
 from xenforge.stages.kernel import KernelOptions, KernelStage

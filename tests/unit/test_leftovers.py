@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from xenforge import leftovers
-from xenforge.cache import Cache
-from xenforge.errors import XenforgeError
+from xenforge.cache.store import Cache
+from xenforge.core import leftovers
+from xenforge.core.errors import XenforgeError
 
 
 def test_unescape_mountinfo_paths() -> None:

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from xenforge import run as runner
-from xenforge.errors import ValidationFailed
-from xenforge.hashing import tree_hash
-from xenforge.patches import (
+from xenforge.core import run as runner
+from xenforge.core.errors import ValidationFailed
+from xenforge.core.hashing import tree_hash
+from xenforge.lib.patches import (
     PatchFailed,
     apply_series,
     parse_failures,
@@ -20,7 +20,7 @@ from xenforge.patches import (
     series_files,
     unlisted_patches,
 )
-from xenforge.sources import PathSource, fetch
+from xenforge.sources.specs import PathSource, fetch
 from xenforge.stages.base import StageContext
 from xenforge.stages.tree import TreeStage
 

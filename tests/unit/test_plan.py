@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from xenforge import cli
-from xenforge.plan import Graph, explain_change, plan
+from xenforge.cli import app as cli
+from xenforge.plan.graph import Graph, explain_change, plan
 from xenforge.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,7 +139,7 @@ def test_touching_without_editing_changes_nothing(fx: Path) -> None:
 
 
 def test_explain_change() -> None:
-    from xenforge.plan import Node
+    from xenforge.plan.graph import Node
 
     node = Node(name="tree:x", stage="tree", version=2, options={"a": 1},
                 input_ids={"source": "s2"}, file_hashes={"patches": "p2"})
@@ -271,7 +271,7 @@ def test_kernels_of_one_line_with_different_sources_get_different_trees(fx: Path
 
 
 def test_two_different_nodes_cannot_share_a_name() -> None:
-    from xenforge.plan import Node
+    from xenforge.plan.graph import Node
 
     g = Graph(recipe="r")
     first = g.add(Node(name="source:x", stage="source", options={"spec": {"apt": "a=1"}}))

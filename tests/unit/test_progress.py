@@ -6,7 +6,7 @@ import io
 import time
 from pathlib import Path
 
-from xenforge.progress import Progress, last_line
+from xenforge.cli.progress import Progress, last_line
 
 
 def test_last_line_of_a_log(tmp_path: Path) -> None:

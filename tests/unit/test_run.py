@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from xenforge import run as runner
-from xenforge.errors import CommandFailed, XenforgeError
+from xenforge.core import run as runner
+from xenforge.core.errors import CommandFailed, XenforgeError
 
 
 @pytest.fixture(autouse=True)
@@ -187,7 +187,7 @@ def test_commands_carry_their_owner_and_orphans_are_stopped(tmp_path: Path) -> N
 CALLER = """
 import sys, threading
 from pathlib import Path
-from xenforge import run as runner
+from xenforge.core import run as runner
 pidfile = Path(sys.argv[1])
 die = sys.argv[2] == "die"
 def vm() -> None:

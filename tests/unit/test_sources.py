@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from xenforge import run as runner
-from xenforge.errors import InputError, SourceError
-from xenforge.hashing import tree_hash
-from xenforge.sources import (
+from xenforge.core import run as runner
+from xenforge.core.errors import InputError, SourceError
+from xenforge.core.hashing import tree_hash
+from xenforge.sources.specs import (
     AptSource,
     DebSource,
     PathSource,

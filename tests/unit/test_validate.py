@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 import yaml
 
-from xenforge import cli
+from xenforge.cli import app as cli
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = REPO / "tests" / "recipes" / "broken"
@@ -175,7 +175,7 @@ def test_repo_recipe_is_valid(recipe: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_extends_merges_mappings_and_replaces_sources() -> None:
     from xenforge.recipe.load import load_recipe
-    from xenforge.sources import AptSource, UrlSource
+    from xenforge.sources.specs import AptSource, UrlSource
 
     loaded = load_recipe(FIXTURES / "override-source.yaml")
     r = loaded.recipe

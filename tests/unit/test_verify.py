@@ -4,21 +4,33 @@ build's outputs say a host must show, and what ``xenforge boot`` accepts as a fi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from xenforge import boot
-from xenforge.errors import InputError
-from xenforge.hosttest import artifact_target, boot_target, suite_expectations
-from xenforge.infra import test_dom0 as infra_dom0
-from xenforge.outputs import expectations, find_dom0
+from xenforge.core.errors import InputError
 from xenforge.recipe.model import TestsSection as Settings
-from xenforge.verify import parse_junit, parse_target, run_suites, ssh_config
+from xenforge.verify.exported import expectations, find_dom0
+from xenforge.verify.suites import INFRA_DIR, parse_junit, parse_target, run_suites, ssh_config
+from xenforge.verify.targets import artifact_target, boot_target, suite_expectations
+from xenforge.vm import session as boot
+
+
+def _infra_module(name: str) -> ModuleType:
+    path = INFRA_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"xenforge_infra_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+infra_dom0 = _infra_module("test_dom0")
 
 
 def test_parse_target() -> None:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from initramfs import Initramfs
 from pydantic import ValidationError
 
-from xenforge import debpkg
-from xenforge.initramfs import Initramfs
-from xenforge.qemu import Machine, argv
+from xenforge.lib import debpkg
 from xenforge.stages.hypervisor import HypervisorOptions, config_labels
 from xenforge.stages.toolstack import ToolstackOptions
+from xenforge.stages.xen_common import build_date, xen_version
 from xenforge.stages.xen_debs import TEMPLATES, XenDebsOptions, base_version, glob_regex
-from xenforge.xen_build import build_date, xen_version
+from xenforge.vm.qemu import Machine, argv
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xenforge.errors import Problem
+from xenforge.core.errors import Problem
 from xenforge.recipe.yamlload import Loc, Origins, loc_text
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from xenforge.errors import Problem, ValidationFailed
+from xenforge.core.errors import Problem, ValidationFailed
 from xenforge.recipe.model import Recipe
 from xenforge.recipe.specs import HypervisorSpec, KernelLine
 from xenforge.recipe.yamlload import LoadError, Loc, Origins, load_yaml, loc_text
@@ -151,7 +151,7 @@ def _problem(model: type[BaseModel], err: Any, origins: Origins, file: Path,
         msg = "required field is missing"
         hint = f"add `{loc[-1]}:`" if loc else ""
     elif kind == "source_kind":
-        from xenforge.sources import _ONE_OF_HINT
+        from xenforge.sources.specs import _ONE_OF_HINT
 
         hint = _ONE_OF_HINT
     elif kind == "literal_error":

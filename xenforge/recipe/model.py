@@ -16,7 +16,7 @@ from xenforge.recipe.types import (
     TscMode,
     UnitName,
 )
-from xenforge.sources import SourceSpec
+from xenforge.sources.specs import SourceSpec
 
 Firmware = Literal["bios", "uefi"]
 Format = Literal["raw", "qcow2"]

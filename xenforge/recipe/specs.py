@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from xenforge.recipe.types import DirPath, FilePath, Model, Name
-from xenforge.sources import SourceSpec
+from xenforge.sources.specs import SourceSpec
 
 
 class ToolstackSpec(Model):

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from xenforge.errors import Problem
+from xenforge.core.errors import Problem
 
 Loc = tuple[str | int, ...]
 

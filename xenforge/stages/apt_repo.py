@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from xenforge.errors import StageFailed
-from xenforge.hashing import sha256_file
+from xenforge.core.errors import StageFailed
+from xenforge.core.hashing import sha256_file
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 DEFAULT_EXCLUDE = ("*-dbg", "*-dbgsym", "*-dev", "linux-headers-*", "linux-libc-dev")

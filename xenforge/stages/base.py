@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from xenforge import run as runner
+from xenforge.core import run as runner
 
 if TYPE_CHECKING:
-    from xenforge.cache import Cache
+    from xenforge.cache.store import Cache
 
 
 class StageOptions(BaseModel):

@@ -31,10 +31,10 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from xenforge import kconfig
-from xenforge.errors import InputError
+from xenforge.core.errors import InputError
+from xenforge.lib import kconfig
 from xenforge.stages.base import Stage, StageContext, StageOptions
-from xenforge.xen_build import (
+from xenforge.stages.xen_common import (
     build_date,
     build_env,
     check_version,
@@ -159,7 +159,7 @@ class HypervisorStage(Stage):
             return
         lines = [p.summary() for p in problems]
         try:
-            from xenforge.kconfig_index import KconfigIndex, explain
+            from xenforge.lib.kconfig_index import KconfigIndex, explain
 
             index = KconfigIndex.load(xen, env={"SRCARCH": "x86", "ARCH": "x86_64"})
             lines = explain(problems, index, final, requested)

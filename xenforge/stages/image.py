@@ -42,10 +42,11 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from xenforge import disk, leftovers
-from xenforge.errors import InputError, StageFailed
+from xenforge.core import leftovers
+from xenforge.core.errors import InputError, StageFailed
+from xenforge.core.run import CLEAN_PATH
+from xenforge.lib import gptdisk as disk
 from xenforge.recipe.types import TscMode
-from xenforge.run import CLEAN_PATH
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 #: elements every image of a role gets (the recipe's ``elements`` come after them)

@@ -38,13 +38,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from xenforge import kconfig
-from xenforge.cache import SCRATCH_DIRS
-from xenforge.errors import InputError, StageFailed
-from xenforge.hashing import sha256_json
-from xenforge.kconfig import Setting
-from xenforge.kconfig_index import KconfigIndex, explain
-from xenforge.run import base_env
+from xenforge.cache.store import SCRATCH_DIRS
+from xenforge.core.errors import InputError, StageFailed
+from xenforge.core.hashing import sha256_json
+from xenforge.core.run import base_env
+from xenforge.lib import kconfig
+from xenforge.lib.kconfig import Setting
+from xenforge.lib.kconfig_index import KconfigIndex, explain
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 ARCH = "x86_64"

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator
 
-from xenforge.sources import PathSource, SourceSpec, fetch
+from xenforge.sources.specs import PathSource, SourceSpec, fetch
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 

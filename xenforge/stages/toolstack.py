@@ -19,9 +19,9 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from xenforge.errors import InputError, XenforgeError
+from xenforge.core.errors import InputError, XenforgeError
 from xenforge.stages.base import Stage, StageContext, StageOptions
-from xenforge.xen_build import build_env, check_version, private_copy, write_json, xen_tree
+from xenforge.stages.xen_common import build_env, check_version, private_copy, write_json, xen_tree
 
 #: what a working dom0 toolstack must contain (checked after the build)
 REQUIRED = ("usr/sbin/xl", "usr/sbin/xenstored", "usr/sbin/xenconsoled")

@@ -12,8 +12,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from xenforge.patches import apply_series, unlisted_patches
-from xenforge.sources import primary_archive, unpack
+from xenforge.lib.patches import apply_series, unlisted_patches
+from xenforge.sources.specs import primary_archive, unpack
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 

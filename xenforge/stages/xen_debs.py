@@ -34,14 +34,15 @@ import jinja2
 import yaml
 from pydantic import Field, field_validator
 
-from xenforge import debpkg
-from xenforge.errors import InputError, XenforgeError
-from xenforge.hashing import sha256_file
+from xenforge.core.data import data_dir
+from xenforge.core.errors import InputError, XenforgeError
+from xenforge.core.hashing import sha256_file
+from xenforge.lib import debpkg
 from xenforge.stages.base import Stage, StageContext, StageOptions
-from xenforge.xen_build import read_build_info, write_json
+from xenforge.stages.xen_common import read_build_info, write_json
 
 #: the packaging data; a node may bring its own copy as the file labelled "templates"
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "xen-debs"
+TEMPLATES = data_dir("templates") / "xen-debs"
 INPUTS = ("hypervisor", "toolstack")
 SOURCE_KINDS = ("apt", "deb", "url", "path")
 

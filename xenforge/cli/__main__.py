@@ -1,0 +1,5 @@
+import sys
+
+from xenforge.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,282 @@
+"""THE subprocess runner. Every external command xenforge starts goes through :func:`run`.
+
+- argv lists only, never shell strings;
+- a clean, explicit environment (a known PATH and locale, plus what the caller adds);
+- every command, its duration and its output go to the stage log;
+- on failure a :class:`~xenforge.errors.CommandFailed` carries the command, the exit code,
+  the last lines of output and the log path;
+- the child runs in its own process group, which is killed on timeout or interrupt.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from xenforge.core.errors import CommandFailed, XenforgeError
+
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+TAIL_LINES = 25
+
+_live: set[subprocess.Popen[bytes]] = set()
+_live_lock = threading.Lock()
+_cancelled = threading.Event()
+
+#: Every command started on behalf of an owner (a node being built) carries this variable,
+#: inherited by all its descendants. A SIGKILLed xenforge cannot stop its commands (they run
+#: in their own process group); the next build finds them by it (:func:`stop_orphans`).
+OWNER_VAR = "XENFORGE_OWNER"
+_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("xenforge_owner",
+                                                                     default=None)
+
+
+class Interrupted(XenforgeError):
+    """The build was interrupted (SIGINT/SIGTERM); no new command starts."""
+
+    exit_code = 130
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every command starts from: nothing inherited by accident."""
+    env = {
+        "PATH": CLEAN_PATH,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": os.environ.get("HOME", "/root"),
+        "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
+        "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "1700000000"),
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    duration: float
+
+
+def _pump(stream: IO[bytes], log: IO[str] | None, tail: collections.deque[str],
+          keep: list[str] | None) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace")
+        if keep is not None:
+            keep.append(line)
+            continue
+        tail.append(line.rstrip("\n"))
+        if log is not None:
+            log.write(line)
+            log.flush()
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    inherit_env: bool = False,
+    timeout: float | None = None,
+    check: bool = True,
+    capture: bool = False,
+    stdin_data: bytes | None = None,
+    die_with_parent: bool = False,
+) -> Result:
+    """Run ``argv``; append its output to ``log``; raise CommandFailed on a non-zero exit.
+
+    With ``capture`` the command's stdout is returned (stderr still goes to the log).
+    ``env`` is added to :func:`base_env`; ``inherit_env`` starts from os.environ instead.
+    ``die_with_parent``: the kernel SIGKILLs the command when the calling thread dies, so a
+    SIGKILLed xenforge leaves no long-running child behind (a VM); only for commands whose
+    calling thread waits for them to the end, as this function does.
+    """
+    args = [os.fspath(a) for a in argv]
+    if die_with_parent:  # util-linux's setpriv sets PR_SET_PDEATHSIG, then execs the command
+        args = ["setpriv", "--pdeathsig", "KILL", "--", *args]
+    if _cancelled.is_set():
+        raise Interrupted("interrupted; not starting: " + shlex.join(args)[:200])
+    full_env = dict(os.environ) if inherit_env else base_env()
+    if env:
+        full_env.update(env)
+    owner = _owner.get()
+    if owner is not None:
+        full_env[OWNER_VAR] = owner
+    logf: IO[str] | None = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+        logf.write(f"\n$ {shlex.join(args)}" + (f"    # in {cwd}" if cwd else "") + "\n")
+        logf.flush()
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    out: list[str] = []
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if capture else subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        if logf:
+            logf.close()
+        raise XenforgeError(
+            f"command not found: {args[0]}",
+            hint="run ci/setup-host.sh as root to install the host tools xenforge needs",
+        ) from exc
+    with _live_lock:
+        _live.add(proc)
+        cancelled_meanwhile = _cancelled.is_set()  # kill_all() ran between the check and now
+    if cancelled_meanwhile:
+        _kill_group(proc)
+    threads = []
+    assert proc.stdout is not None
+    threads.append(threading.Thread(target=_pump, args=(proc.stdout, logf, tail,
+                                                        out if capture else None)))
+    if capture:
+        assert proc.stderr is not None
+        threads.append(threading.Thread(target=_pump, args=(proc.stderr, logf, tail, None)))
+    for t in threads:
+        t.daemon = True
+        t.start()
+    try:
+        if stdin_data is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin_data)
+            proc.stdin.close()
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        rc = -signal.SIGKILL
+        tail.append(f"[xenforge] timed out after {timeout:.0f}s and was killed")
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+        with _live_lock:
+            _live.discard(proc)
+        duration = time.monotonic() - start
+        if logf:
+            logf.write(f"[xenforge] exit {proc.returncode} after {duration:.1f}s\n")
+            logf.close()
+    result = Result(args, rc, "".join(out), duration)
+    if check and rc != 0:
+        raise CommandFailed(args, rc, list(tail), log)
+    return result
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def owned_by(owner: str) -> Iterator[None]:
+    """Mark the commands this thread starts as ``owner``'s (e.g. a node's lock file)."""
+    token = _owner.set(owner)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
+
+
+def stop_orphans(is_orphaned: Callable[[str], bool], wait: float = 5.0) -> list[int]:
+    """Kill the processes whose owner ``is_orphaned`` says is dead; return their pids."""
+    by_owner: dict[str, list[int]] = {}
+    prefix = f"{OWNER_VAR}=".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(os.path.join(entry.path, "environ"), "rb") as f:
+                environ = f.read()
+        except OSError:  # gone, or not ours to read
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(prefix):
+                owner = item[len(prefix):].decode("utf-8", "replace")
+                by_owner.setdefault(owner, []).append(int(entry.name))
+    killed = [pid for owner, pids in by_owner.items() if is_orphaned(owner) for pid in pids]
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while any(_running(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return killed
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Interrupted` once the build was interrupted (for long Python loops)."""
+    if _cancelled.is_set():
+        raise Interrupted("interrupted")
+
+
+def cancel_wait(seconds: float) -> None:
+    """Sleep ``seconds`` unless the build is interrupted meanwhile (then raise)."""
+    if _cancelled.wait(seconds):
+        raise Interrupted("interrupted")
+
+
+_cancel_hooks: dict[int, Callable[[], object]] = {}
+
+
+@contextlib.contextmanager
+def on_cancel(hook: Callable[[], object]) -> Iterator[None]:
+    """Call ``hook`` (e.g. close a network stream) if the build is interrupted meanwhile."""
+    key = id(hook)
+    with _live_lock:
+        _cancel_hooks[key] = hook
+    try:
+        yield
+    finally:
+        with _live_lock:
+            _cancel_hooks.pop(key, None)
+
+
+def kill_all() -> None:
+    """Kill every command still running and refuse new ones (on SIGTERM/SIGINT)."""
+    _cancelled.set()
+    with _live_lock:
+        hooks = list(_cancel_hooks.values())
+    for hook in hooks:
+        with contextlib.suppress(Exception):
+            hook()
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        _kill_group(p)

@@ -1,0 +1,82 @@
+"""Export built artifacts to ``out/<recipe>/``: hard links (or copies) of the files each
+stage declares, ``SHA256SUMS`` and ``manifest.json``, swapped in atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from xenforge.build.executor import NodeResult
+from xenforge.cache.store import Cache
+from xenforge.core.hashing import sha256_file
+from xenforge.plan.graph import Graph
+from xenforge.stages import get_stage
+
+
+@dataclass
+class Artifact:
+    node: str
+    path: Path  # relative to the export dir
+    size: int
+    sha256: str
+
+
+def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Path
+           ) -> list[Artifact]:
+    """Publish every built node's artifacts under ``dest`` (replacing its previous content)."""
+    staging = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    artifacts: list[Artifact] = []
+    for node in graph.nodes.values():
+        res = results.get(node.name)
+        if res is None or res.out is None:
+            continue
+        patterns = get_stage(node.stage).artifacts
+        sub = Path(node.name.replace(":", "-"))
+        for pattern in patterns:
+            for src in sorted(res.out.glob(pattern)):
+                if not src.is_file():
+                    continue
+                rel = sub / src.relative_to(res.out)
+                target = staging / rel
+                if target.exists():
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, target)
+                except OSError:
+                    shutil.copy2(src, target)
+                artifacts.append(Artifact(node.name, rel, src.stat().st_size, sha256_file(src)))
+    (staging / "SHA256SUMS").write_text(
+        "".join(f"{a.sha256}  {a.path.as_posix()}\n" for a in artifacts))
+    manifest = {
+        "recipe": graph.recipe,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "nodes": [{"name": n.name, "id": n.id, "stage": n.stage, "status":
+                   results[n.name].status if n.name in results else "not run", "key": n.key()}
+                  for n in graph.nodes.values()],
+        "artifacts": [{"node": a.node, "path": a.path.as_posix(), "size": a.size,
+                       "sha256": a.sha256} for a in artifacts],
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(staging, dest)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(old)
+    return artifacts
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

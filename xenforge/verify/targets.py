@@ -1,0 +1,115 @@
+"""``xenforge test``: boot a build's dom0 image (or take a real host), run the suites, stop."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from xenforge.cache.store import Cache
+from xenforge.cli.progress import Progress
+from xenforge.core.errors import InputError
+from xenforge.recipe.model import TestsSection
+from xenforge.verify.exported import expectations, find_dom0
+from xenforge.verify.suites import Outcome, run_suites
+from xenforge.vm.session import Session, Target, kvm_works
+
+
+def boot_target(out: Path, *, firmware: str | None, settings: TestsSection) -> Target:
+    host = find_dom0(out)
+    fw = _firmware(firmware, settings, list(host.firmware), host.disk)
+    return Target(disk=host.disk, firmware=fw,  # type: ignore[arg-type]
+                  memory=settings.boot.memory, cpus=settings.boot.cpus, key=host.key,
+                  user=host.user, kernel=_dom0_kernel(out))
+
+
+#: what ``xenforge boot`` takes as a file instead of a recipe
+BOOTABLE = {".qcow2": "disk", ".raw": "disk", ".img": "disk", ".iso": "iso"}
+
+
+def artifact_target(path: Path, *, firmware: str | None, settings: TestsSection) -> Target:
+    """A disk image or ISO given by path. Next to a built image, its ``image-info.json`` says
+    which firmware it boots with and its ``access_key`` how to log in."""
+    kind = BOOTABLE.get(path.suffix)
+    if kind is None or not path.is_file():
+        raise InputError(f"{path}: not a recipe or a bootable file",
+                         hint="pass a recipe (recipes/xen-host.yaml), a disk image "
+                         "(.qcow2, .raw, .img) or an ISO")
+    info_file = path.parent / "image-info.json"
+    try:
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    except ValueError:
+        raise InputError(f"{info_file} is damaged (not JSON)",
+                         hint="export the image again: xenforge build RECIPE") from None
+    fw = _firmware(firmware, settings, list(info.get("firmware") or ["bios", "uefi"]), path)
+    key = path.parent / "access_key"
+    return Target(disk=path if kind == "disk" else None, iso=path if kind == "iso" else None,
+                  firmware=fw,  # type: ignore[arg-type]
+                  memory=settings.boot.memory, cpus=settings.boot.cpus,
+                  key=key if key.is_file() else None,
+                  user=info.get("access_user") or "root")
+
+
+def suite_expectations(out: Path | None, settings: TestsSection) -> dict[str, Any]:
+    """What the suites check: the build's own records (when ``out`` holds a build), then
+    what the recipe's ``tests:`` section adds."""
+    expect = expectations(out) if out is not None and out.is_dir() else {}
+    if settings.services:
+        expect["services"] = list(settings.services)
+    return expect
+
+
+def _firmware(asked: str | None, settings: TestsSection, supported: list[str],
+              disk: Path | None) -> str:
+    """``--firmware`` if the image boots with it (else an error); otherwise the recipe's
+    ``tests.boot.firmware`` when the image has it, else the image's first."""
+    if asked is not None:
+        if asked not in supported:
+            raise InputError(f"{disk} does not boot with {asked} (it was built for "
+                             f"{', '.join(supported)})",
+                             hint=f"use --firmware {supported[0]}, or add {asked} to the "
+                             "image's firmware list in the recipe and build again")
+        return asked
+    return settings.boot.firmware if settings.boot.firmware in supported else supported[0]
+
+
+def _dom0_kernel(out: Path) -> Path | None:
+    found = sorted(out.glob("kernel-*/vmlinuz"))
+    return found[0] if found else None
+
+
+def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSection,
+               firmware: str | None = None, junit: Path | None = None) -> Outcome:
+    """Boot the dom0 image a build exported to ``out`` and run the suites against it."""
+    logs = cache.root / "logs" / out.name
+    target = boot_target(out, firmware=firmware, settings=settings)
+    kvm = kvm_works(cache.root, target.kernel, logs / "kvm-probe.log")
+    progress.line(f"boot   {target.disk.name if target.disk else target.iso} "
+                  f"({target.firmware}, {'KVM' if kvm else 'TCG'})")
+    start = time.monotonic()
+    workdir = cache.root / "run" / out.name
+    verify_log = logs / "verify.log"
+    verify_log.unlink(missing_ok=True)  # its last line is what `still` shows
+    with progress, Session(target, workdir=workdir, log=logs / "qemu.log", kvm=kvm) as vm:
+        progress.started("boot", str(workdir / "serial.log"))
+        vm.wait_ready(settings.boot.timeout)
+        progress.finished("boot", "ready", vm.ssh_url)
+        progress.started("suites", str(verify_log))
+        outcome = run_suites(vm.ssh_url, expect=suite_expectations(out, settings),
+                             junit=junit or out / "test-results" / "junit.xml",
+                             log=verify_log, builtin=settings.builtin,
+                             extra=settings.suites, identity=target.key, throwaway_host=True)
+        progress.finished("suites", "ok" if outcome.ok else "failed",
+                          f"{outcome.tests} checks; stopping the VM "
+                          f"({time.monotonic() - start:.0f}s since boot)")
+    return outcome
+
+
+def test_host(url: str, *, out: Path | None, settings: TestsSection, junit: Path,
+              log: Path, identity: Path | None = None,
+              known_hosts: Path | None = None) -> Outcome:
+    """Run the suites against an existing machine (real hardware), booting nothing."""
+    return run_suites(url, expect=suite_expectations(out, settings), junit=junit, log=log,
+                      builtin=settings.builtin, extra=settings.suites, identity=identity,
+                      known_hosts=known_hosts)
