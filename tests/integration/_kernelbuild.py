@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from _xenbuild import REPO, Built, recipe_node, run_stage
 
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 
 LINE = REPO / "kernel_patches" / "linux-6.1"
 

@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 
 from xenforge.build.executor import Executor
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.cli.progress import Progress
 from xenforge.core.hashing import sha256_json, tree_hash
-from xenforge.plan.graph import plan
+from xenforge.plan import plan
 from xenforge.recipe.load import load_recipe
 from xenforge.stages import get_stage
 from xenforge.stages.base import StageContext

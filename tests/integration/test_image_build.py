@@ -25,7 +25,7 @@ from pathlib import Path
 import _xenbuild as xb
 import pytest
 
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.core import leftovers
 
 pytestmark = [
@@ -106,8 +106,9 @@ DRIVER = textwrap.dedent("""\
     import json, signal, sys
     from pathlib import Path
     from xenforge.build.executor import Executor
-    from xenforge.cache.store import Cache
-    from xenforge.plan.graph import compute_ids, plan
+    from xenforge.cache import Cache
+    from xenforge.plan.graph import compute_ids
+from xenforge.plan import plan
     from xenforge.cli.progress import Progress
     from xenforge.recipe.load import load_recipe
 

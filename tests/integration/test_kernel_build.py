@@ -17,7 +17,7 @@ from _kernelbuild import build_kernel, dom0_kernel, fragment, guest_kernel, kern
 from _xenbuild import Built
 from _xenbuild import test_cache as _test_cache
 
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.core import run as runner
 from xenforge.core.errors import StageFailed
 from xenforge.lib.kconfig import read_config

@@ -24,12 +24,13 @@ import xf_test_stages
 
 from xenforge import stages as stage_registry
 from xenforge.build.executor import Executor
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.cli import app as cli
 from xenforge.cli.progress import Progress
 from xenforge.core.hashing import sha256_file
 from xenforge.export.artifacts import export
-from xenforge.plan.graph import Graph, Node, compute_ids, plan
+from xenforge.plan import plan
+from xenforge.plan.graph import Graph, Node, compute_ids
 from xenforge.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def test_second_build_runs_no_node(fx: Path, tmp_path: Path,
     assert cli.main(argv) == 0
     second = capsys.readouterr().out
     assert "mini-kernel: 0 built, 2 cached" in second
-    build_log = cache_dir / "logs" / "mini-kernel" / "build.log"
+    build_log = cache_dir / "state" / "logs" / "mini-kernel" / "build.log"
     runs = _build_sections(build_log, "mini-kernel")
     assert len(runs) == 2
     assert "start  source:mini" in runs[0] and "built  tree:mini" in runs[0]
@@ -238,7 +239,7 @@ def test_sigkill_in_the_middle_of_a_node_leaves_nothing_that_is_reused(fx: Path,
         assert not cache.has(src_id) and not cache.object_dir(src_id).exists()
         assert not cache.has(tree_id)
         assert staging[0].exists()  # what the killed run left: never read, removed below
-        assert not (cache.downloads_dir / "sha256" / sha).exists()
+        assert not (cache.scratch("downloads") / "sha256" / sha).exists()
         assert not (out / "mini-kernel").exists()
 
         server.stall.clear()
@@ -254,13 +255,14 @@ def test_sigkill_in_the_middle_of_a_node_leaves_nothing_that_is_reused(fx: Path,
         assert list((cache_dir / "work").iterdir()) == []
         fetched = cache.out(src_id) / "linux-mini.tar.gz"
         assert sha256_file(fetched) == sha
-        assert sha256_file(cache.downloads_dir / "sha256" / sha) == sha
+        assert sha256_file(cache.scratch("downloads") / "sha256" / sha) == sha
         tree = cache.out(tree_id) / "tree"
         assert (tree / "padding.bin").stat().st_size == 1 << 20
         assert "config XENFORGE_TEST" in (tree / "init" / "Kconfig").read_text()
-        runs = _build_sections(cache_dir / "logs" / "mini-kernel" / "build.log", "mini-kernel")
+        logs = cache_dir / "state" / "logs" / "mini-kernel"
+        runs = _build_sections(logs / "build.log", "mini-kernel")
         assert "built  source:mini" in runs[-1] and "built  tree:mini" in runs[-1]
-        node_log = (cache_dir / "logs" / "mini-kernel" / "source-mini.log").read_text()
+        node_log = (logs / "source-mini.log").read_text()
         assert "never built" in node_log
     finally:
         server.close()
@@ -316,7 +318,7 @@ sys.path.insert(0, sys.argv[1])
 import xf_test_stages
 from xenforge import stages
 from xenforge.build.executor import Executor
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.plan.graph import Graph, Node, compute_ids
 from xenforge.cli.progress import Progress
 stages.REGISTRY.update(xf_test_stages.TEST_STAGES)
@@ -401,7 +403,7 @@ def test_a_failing_node_exits_1_naming_the_stage_and_log(fx: Path, tmp_path: Pat
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    log = cache_dir / "logs" / "mini-kernel" / "tree-mini.log"
+    log = cache_dir / "state" / "logs" / "mini-kernel" / "tree-mini.log"
     assert "error: stage tree:mini:" in proc.stderr
     assert "0001-add-option.patch does not apply" in proc.stderr
     assert f"full log: {log}" in proc.stderr

@@ -17,7 +17,7 @@ import xf_test_stages
 
 from xenforge import stages as stage_registry
 from xenforge.build.executor import Executor
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.cli import app as cli
 from xenforge.cli.progress import Progress
 from xenforge.plan.graph import Graph, Node, compute_ids
@@ -370,7 +370,7 @@ def test_manifest_of_an_executor_build(cache: Cache, tmp_path: Path) -> None:
 
 
 def test_gc_empties_idle_scratch_dirs_but_not_one_in_use(cache: Cache) -> None:
-    kbuild = cache.root / "kbuild"
+    kbuild = cache.scratch("kbuild")
     idle, busy = kbuild / "kernel-dom0-aaaa", kbuild / "kernel-guest-bbbb"
     for d in (idle, busy):
         (d / "build").mkdir(parents=True)
@@ -389,3 +389,36 @@ def test_gc_empties_idle_scratch_dirs_but_not_one_in_use(cache: Cache) -> None:
     os.utime(busy)
     assert cache.gc(older_than=5 * DAY) == []
     assert [e.node for e in cache.gc(max_bytes=1000)] == ["kbuild/kernel-guest-bbbb"]
+
+
+# -- late inputs: a node that starts before what it consumes is built -----------------------
+
+def test_a_node_with_a_late_input_runs_while_that_input_builds(cache: Cache,
+                                                               tmp_path: Path) -> None:
+    g = Graph(recipe="latetest")
+    g.add(Node(name="slow", stage="slow-test",
+               options={"counter": str(tmp_path / "runs"), "seconds": 2.0}))
+    g.add(Node(name="late", stage="late-test", inputs={"dep": "slow"},
+               options={"marker": str(tmp_path / "marker")}))
+    compute_ids(g)
+    results = Executor(g, cache, Progress(quiet=True), jobs=2).run()
+    assert {n: r.status for n, r in results.items()} == {"slow": "built", "late": "built"}
+    # it started while its input was still being built, and then saw the finished output
+    assert (tmp_path / "marker").read_text() == "started late dep-ready=False\n"
+    assert results["late"].started < results["slow"].ended
+    assert results["late"].waited > 1.0
+    assert (cache.out(g.nodes["late"].id) / "saw.len").read_text() == str(256 * 1024)
+    assert cache.manifest(g.nodes["late"].id)["waited"] > 1.0
+
+
+def test_a_late_input_that_fails_fails_its_waiting_node(cache: Cache, tmp_path: Path) -> None:
+    g = Graph(recipe="latetest")
+    g.add(Node(name="bad", stage="fail-test"))
+    g.add(Node(name="late", stage="late-test", inputs={"dep": "bad"},
+               options={"marker": str(tmp_path / "marker")}))
+    compute_ids(g)
+    results = Executor(g, cache, Progress(quiet=True), jobs=2).run()
+    assert results["bad"].status == "failed" and results["late"].status == "failed"
+    assert results["late"].error is not None
+    assert "its input bad was not built" in results["late"].error.render()
+    assert not cache.has(g.nodes["late"].id)

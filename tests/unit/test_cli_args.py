@@ -47,7 +47,7 @@ def test_an_unexpected_error_is_one_line_naming_a_bug(monkeypatch: pytest.Monkey
     def boom(args: object) -> int:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli, "_cmd_schema", boom)
+    monkeypatch.setattr(cli, "cmd_schema", boom)
     assert cli.main(["schema"]) == 1
     err = capsys.readouterr().err
     assert "internal error: ZeroDivisionError: division by zero" in err

@@ -6,23 +6,22 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from stagectx import stage_context
 
-from xenforge.cache.store import Cache
 from xenforge.core.errors import InputError, StageFailed
 from xenforge.stages import get_stage
 from xenforge.stages.base import StageContext
 from xenforge.stages.kernel import KernelOptions, KernelStage
 
+PACKAGING = {"maintainer": "xenforge <xenforge@example.org>", "distribution": "bookworm"}
 
-def _ctx(tmp_path: Path, files: dict[str, Path], tree: Path | None = None,
+
+def _ctx(tmp_path: Path, files: dict[str, Path | tuple[Path, ...]], tree: Path | None = None,
          **options: object) -> StageContext:
-    for d in ("out", "work"):
-        (tmp_path / d).mkdir(exist_ok=True)
-    return StageContext(node="kernel:test", node_id="0" * 64,
-                        options=KernelOptions.model_validate(options),
-                        inputs={"tree": tree or tmp_path / "tree-node"}, files=files,
-                        out=tmp_path / "out", work=tmp_path / "work", log=tmp_path / "log",
-                        cache=Cache(tmp_path / "cache"))
+    return stage_context(tmp_path, node="kernel:test",
+                         options=KernelOptions.model_validate({**PACKAGING, **options}),
+                         inputs={"tree": tree or tmp_path / "tree-node"}, files=files,
+                         scratch=tmp_path / "cache" / "scratch")
 
 
 def test_registered_heavy_and_exports_its_artifacts() -> None:
@@ -33,32 +32,35 @@ def test_registered_heavy_and_exports_its_artifacts() -> None:
 
 
 def test_options_are_strict() -> None:
-    assert KernelOptions().base == "tinyconfig" and KernelOptions().package
+    opts = KernelOptions.model_validate(PACKAGING)
+    assert opts.base == "tinyconfig" and opts.package
     with pytest.raises(ValidationError):
-        KernelOptions.model_validate({"base": "allyesconfig"})
+        KernelOptions.model_validate({**PACKAGING, "base": "allyesconfig"})
     with pytest.raises(ValidationError):
-        KernelOptions.model_validate({"make_deb": True})
+        KernelOptions.model_validate({**PACKAGING, "make_deb": True})
+    with pytest.raises(ValidationError):  # the maintainer always comes from the recipe
+        KernelOptions.model_validate({})
 
 
-def test_fragments_merge_in_numeric_label_order(tmp_path: Path) -> None:
-    files = {}
-    for i in range(12):
+def test_fragments_merge_in_list_order(tmp_path: Path) -> None:
+    paths = []
+    for i in reversed(range(12)):
         f = tmp_path / f"f{i}.config"
         f.write_text(f"CONFIG_LEVEL={i}\n")
-        files[f"fragment{i}"] = f
-    files["baseconfig"] = tmp_path / "ignored"
+        paths.append(f)
+    files = {"fragments": tuple(paths), "baseconfig": tmp_path / "ignored"}
     frags = KernelStage()._fragments(_ctx(tmp_path, files))
-    assert list(frags) == [f"fragment{i}" for i in range(12)]
-    assert [s[0].value for s in frags.values()] == [str(i) for i in range(12)]
+    assert [p for p, _ in frags] == paths
+    assert [s[0].value for _, s in frags] == [str(i) for i in reversed(range(12))]
 
 
 def test_missing_or_bad_fragment_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="fragment not found"):
-        KernelStage()._fragments(_ctx(tmp_path, {"fragment0": tmp_path / "nope.config"}))
+        KernelStage()._fragments(_ctx(tmp_path, {"fragments": (tmp_path / "nope.config",)}))
     bad = tmp_path / "bad.config"
     bad.write_text("CONFIG_XEN=yes\n")
     with pytest.raises(InputError, match=r"bad.config:1: bad value 'yes'"):
-        KernelStage()._fragments(_ctx(tmp_path, {"fragment0": bad}))
+        KernelStage()._fragments(_ctx(tmp_path, {"fragments": (bad,)}))
 
 
 def test_tree_input_must_be_a_linux_tree(tmp_path: Path) -> None:
@@ -73,7 +75,7 @@ def test_tree_input_must_be_a_linux_tree(tmp_path: Path) -> None:
 def _frag_ctx(tmp_path: Path, node: str = "kernel:dom0", **options: object) -> StageContext:
     frag = tmp_path / "dom0.config"
     frag.write_text("CONFIG_XEN=y\n")
-    ctx = _ctx(tmp_path, {"fragment0": frag}, **options)
+    ctx = _ctx(tmp_path, {"fragments": (frag,)}, **options)
     ctx.node = node
     return ctx
 
@@ -91,7 +93,8 @@ def test_not_incremental_builds_in_the_work_dir(tmp_path: Path) -> None:
 
 def test_one_persistent_dir_per_tree_and_kernel(tmp_path: Path) -> None:
     a = _root(_frag_ctx(tmp_path))
-    assert a.parent == tmp_path / "cache" / "kbuild" and a.name.startswith("kernel-dom0-")
+    assert a.parent == tmp_path / "cache" / "scratch" / "kbuild"
+    assert a.name.startswith("kernel-dom0-")
     assert _root(_frag_ctx(tmp_path)) == a  # a fragment's content is not part of the key
     assert _root(_frag_ctx(tmp_path, node="kernel:guest")) != a
     assert not (a / ".xenforge-incomplete").exists()

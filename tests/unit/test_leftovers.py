@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.core import leftovers
 from xenforge.core.errors import XenforgeError
 

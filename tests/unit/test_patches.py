@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from stagectx import stage_context
 
 from xenforge.core import run as runner
 from xenforge.core.errors import ValidationFailed
@@ -20,7 +20,8 @@ from xenforge.lib.patches import (
     series_files,
     unlisted_patches,
 )
-from xenforge.sources.specs import PathSource, fetch
+from xenforge.sources.fetch import fetch
+from xenforge.sources.specs import PathSource
 from xenforge.stages.base import StageContext
 from xenforge.stages.tree import TreeStage
 
@@ -237,14 +238,10 @@ def _source_node(tmp_path: Path) -> Path:
 
 
 def _ctx(tmp_path: Path, source: Path, files: dict[str, Path]) -> StageContext:
-    out = tmp_path / "tree-out"
-    out.mkdir()
-    return StageContext(node="tree:hello", node_id="1" * 64,
-                        options=TreeStage.Options.model_validate({}),
-                        inputs={"source": source}, files=files, out=out, work=tmp_path / "w",
-                        log=tmp_path / "tree.log",
-                        cache=SimpleNamespace(downloads_dir=tmp_path / "dl"),  # type: ignore[arg-type]
-                        )
+    return stage_context(tmp_path, node="tree:hello", node_id="1" * 64,
+                         options=TreeStage.Options.model_validate({}),
+                         inputs={"source": source}, files=files, out=tmp_path / "tree-out",
+                         work=tmp_path / "w", log=tmp_path / "tree.log")
 
 
 def test_tree_stage_unpacks_and_patches(tmp_path: Path) -> None:

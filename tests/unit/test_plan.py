@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from xenforge.cli import app as cli
-from xenforge.plan.graph import Graph, explain_change, plan
+from xenforge.plan import plan
+from xenforge.plan.graph import Graph, explain_change
 from xenforge.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,8 +65,8 @@ def test_graph_shape(fx: Path) -> None:
     assert g.nodes["source:mini"].files == {"path": fx / "src" / "linux-mini"}
     dom0 = g.nodes["kernel:dom0"]
     line = fx / "kernel_patches" / "mini"
-    assert list(dom0.files.values()) == [line / "base.config", line / "dom0.config",
-                                         fx / "extra.config"]
+    assert dom0.files == {"fragments": [line / "base.config", line / "dom0.config",
+                                        fx / "extra.config"]}
     assert all(len(n.id) == 64 for n in g.nodes.values())
     assert len({n.id for n in g.nodes.values()}) == 4
     assert g.downstream("tree:mini") == {"tree:mini", "kernel:dom0", "kernel:guest"}
@@ -279,3 +280,47 @@ def test_two_different_nodes_cannot_share_a_name() -> None:
         is first
     with pytest.raises(ValueError, match="source:x"):
         g.add(Node(name="source:x", stage="source", options={"spec": {"apt": "a=2"}}))
+
+
+# -- the build environment: SOURCE_DATE_EPOCH and the target release ------------------------
+
+def test_epoch_is_the_newest_release_of_the_pinned_sources() -> None:
+    from xenforge.plan import source_date_epoch
+
+    loaded = load_recipe(REPO / "recipes" / "xen-host.yaml")
+    assert loaded.hypervisor_spec is not None and loaded.hypervisor_spec.released
+    dates = [loaded.hypervisor_spec.released,
+             *(line.released for line in loaded.kernel_lines.values())]
+    assert source_date_epoch(loaded) == max(d for d in dates if d)
+    g = plan(loaded)
+    assert {n.env.epoch for n in g.nodes.values() if n.env} == {source_date_epoch(loaded)}
+
+
+def test_the_epoch_and_target_are_in_the_ids_of_what_they_change(fx: Path) -> None:
+    before = _plan(fx / "two-kernels.yaml")
+    recipe = fx / "two-kernels.yaml"
+    recipe.write_text(recipe.read_text() + "epoch: 1234567890\n")
+    after = _plan(recipe)
+    # the fetched source and the unpacked tree do not depend on the date: shared
+    assert _changed(before, after) == {"kernel:dom0", "kernel:guest"}
+    assert after.nodes["kernel:dom0"].key()["env"] == {"epoch": 1234567890,
+                                                      "target": "debian/bookworm"}
+    assert "env" not in after.nodes["tree:mini"].key()
+    why = explain_change(after.nodes["kernel:dom0"], {"key": before.nodes["kernel:dom0"].key()})
+    assert "build epoch" in why
+
+
+def test_one_default_per_setting() -> None:
+    """The default Xen command line and the epoch fallback are written in one place
+    (xenforge/defaults.py): no other module of the engine spells them out."""
+    from xenforge import defaults
+
+    pkg = REPO / "xenforge"
+    for value in (defaults.XEN_CMDLINE, str(defaults.EPOCH), defaults.DEBIAN_MIRROR):
+        holders = [p.relative_to(REPO) for p in pkg.rglob("*.py")
+                   if value in p.read_text()]
+        assert holders == [Path("xenforge/defaults.py")], (value, holders)
+    for element in (REPO / "image_elements").rglob("*"):
+        if element.is_file():
+            assert "dom0_mem=" not in element.read_text(errors="replace") or \
+                element.suffix == ".rst", f"{element} spells out a Xen command line default"

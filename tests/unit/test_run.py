@@ -70,7 +70,8 @@ def test_failure_raises_command_failed_with_code_tail_and_log(tmp_path: Path) ->
     assert "| boom" in text
     assert f"full log: {log}" in text
     assert err.exit_code == 1
-    assert "line1\n" in log.read_text() and "[xenforge] exit 3 after" in log.read_text()
+    assert "line1\n" in log.read_text()
+    assert "[xenforge] failed with exit code 3 after" in log.read_text()
 
 
 def test_check_false_returns_the_code(tmp_path: Path) -> None:
@@ -114,13 +115,31 @@ def test_clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "XENFORGE_TEST_LEAK=secret\n" in inherited
 
 
-def test_capture_returns_stdout_and_logs_stderr(tmp_path: Path) -> None:
+def test_capture_returns_stdout_and_stderr_and_logs_both(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    res = runner.run(["sh", "-c", "printf 'a\\nb'; echo note >&2"], capture=True, log=log)
-    assert res.stdout == "a\nb"
-    assert "note" not in res.stdout
+    res = runner.run(["sh", "-c", "printf 'a\\nb\\n'; echo note >&2"], capture=True, log=log)
+    assert res.stdout == "a\nb\n" and res.stderr == "note\n"
     text = log.read_text()
-    assert "note\n" in text and "a\n" not in text  # stdout is the result, not log noise
+    assert "note\n" in text and "a\nb\n" in text  # what a stage read is in its log too
+
+
+def test_a_command_killed_by_a_signal_says_which(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with pytest.raises(CommandFailed) as exc:
+        runner.run(["sh", "-c", "kill -9 $$"], log=log)
+    assert exc.value.returncode == -9
+    assert "was killed by SIGKILL" in exc.value.render() and "exit code -9" not in \
+        exc.value.render()
+    assert "[xenforge] was killed by SIGKILL after" in log.read_text()
+
+
+def test_a_cancel_event_stops_the_command(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    start = time.monotonic()
+    with pytest.raises(runner.Cancelled):
+        runner.run(["sleep", "30"], cancel=cancel, log=tmp_path / "log")
+    assert time.monotonic() - start < 10
 
 
 def test_capture_failure_tail_has_stderr(tmp_path: Path) -> None:

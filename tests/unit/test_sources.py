@@ -13,20 +13,19 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from stagectx import stage_context
 
 from xenforge.core import run as runner
 from xenforge.core.errors import InputError, SourceError
 from xenforge.core.hashing import tree_hash
+from xenforge.sources.fetch import fetch, primary_archive, unpack
 from xenforge.sources.specs import (
     AptSource,
     DebSource,
     PathSource,
     SourceSpec,
     UrlSource,
-    fetch,
     parse_source,
-    primary_archive,
-    unpack,
 )
 from xenforge.stages.base import StageContext
 from xenforge.stages.source import SourceStage
@@ -426,12 +425,7 @@ def test_unpack_refuses_a_non_archive(tmp_path: Path) -> None:
 # -- the source stage -----------------------------------------------------------------------
 
 def _ctx(tmp_path: Path, options: Any, files: dict[str, Path] | None = None) -> StageContext:
-    cache = SimpleNamespace(downloads_dir=tmp_path / "downloads")
-    out = tmp_path / "out"
-    out.mkdir()
-    return StageContext(node="source:x", node_id="0" * 64, options=options, inputs={},
-                        files=files or {}, out=out, work=tmp_path / "work",
-                        log=tmp_path / "node.log", cache=cache)  # type: ignore[arg-type]
+    return stage_context(tmp_path, node="source:x", options=options, files=files or {})
 
 
 def test_source_stage_fetches_into_out(server: Server, tmp_path: Path) -> None:

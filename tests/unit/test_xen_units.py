@@ -12,19 +12,13 @@ from initramfs import Initramfs
 from pydantic import ValidationError
 
 from xenforge.lib import debpkg
-from xenforge.stages.hypervisor import HypervisorOptions, config_labels
+from xenforge.stages.hypervisor import HypervisorOptions
 from xenforge.stages.toolstack import ToolstackOptions
 from xenforge.stages.xen_common import build_date, xen_version
 from xenforge.stages.xen_debs import TEMPLATES, XenDebsOptions, base_version, glob_regex
 from xenforge.vm.qemu import Machine, argv
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_fragment_labels_merge_in_numeric_order() -> None:
-    files = {"config10": Path("c"), "config2": Path("b"), "config": Path("a"),
-             "patches": Path("p"), "config0": Path("z")}
-    assert config_labels(files) == ["config", "config0", "config2", "config10"]
 
 
 def test_build_id_must_fit_xen_extraversion() -> None:

@@ -22,6 +22,7 @@ class SlowStage(Stage):
     name: ClassVar[str] = "slow-test"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = SlowOptions
+    build_env: ClassVar[bool] = False
     artifacts: ClassVar[tuple[str, ...]] = ("payload.bin",)
 
     def run(self, ctx: StageContext) -> None:
@@ -50,6 +51,7 @@ class FailStage(Stage):
     name: ClassVar[str] = "fail-test"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = FailOptions
+    build_env: ClassVar[bool] = False
 
     def run(self, ctx: StageContext) -> None:
         (ctx.out / "half-written").write_text("not finished")
@@ -66,6 +68,7 @@ class PackStage(Stage):
     name: ClassVar[str] = "pack-test"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = PackOptions
+    build_env: ClassVar[bool] = False
     artifacts: ClassVar[tuple[str, ...]] = ("tree.tar", "files.txt", "missing-*.bin")
 
     def run(self, ctx: StageContext) -> None:
@@ -86,6 +89,7 @@ class HangStage(Stage):
     name: ClassVar[str] = "hang-test"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = HangOptions
+    build_env: ClassVar[bool] = False
 
     def run(self, ctx: StageContext) -> None:
         opts: HangOptions = ctx.options
@@ -93,5 +97,31 @@ class HangStage(Stage):
 
 
 #: register with monkeypatch.setitem(xenforge.stages.REGISTRY, name, target)
+
+
+class LateOptions(StageOptions):
+    marker: str  # a file written when the stage starts (before its late input is built)
+
+
+class LateStage(Stage):
+    """Starts before its late input ``dep`` is built: writes the marker, runs a command that
+    waits for the input's output (as diskimage-builder waits for the packages), then
+    records what it saw."""
+
+    name: ClassVar[str] = "late-test"
+    version: ClassVar[int] = 1
+    Options: ClassVar[type[StageOptions]] = LateOptions
+    build_env: ClassVar[bool] = False
+    late_inputs: ClassVar[tuple[str, ...]] = ("dep",)
+
+    def run(self, ctx: StageContext) -> None:
+        opts: LateOptions = ctx.options
+        with open(opts.marker, "a") as f:
+            f.write(f"started {ctx.node} dep-ready={'dep' in ctx.inputs}\n")
+        dep = ctx.wait_input("dep")
+        (ctx.out / "saw.len").write_text(str(len((dep / "payload.bin").read_bytes())))
+
+
 TEST_STAGES = {"slow-test": f"{__name__}:SlowStage", "fail-test": f"{__name__}:FailStage",
-               "pack-test": f"{__name__}:PackStage", "hang-test": f"{__name__}:HangStage"}
+               "pack-test": f"{__name__}:PackStage", "hang-test": f"{__name__}:HangStage",
+               "late-test": f"{__name__}:LateStage"}

@@ -1,6 +1,11 @@
-"""Run a graph: cached nodes are skipped, the others run in dependency order (independent ones
-in parallel, heavy compiler stages one at a time), each into a staging dir that is committed
-to the cache only on success."""
+"""Run a graph: cached nodes are skipped, the others run in dependency order - independent
+ones in parallel, heavy compiler stages one at a time - each into a staging dir that is
+committed to the cache only on success.
+
+A stage may declare *late inputs* (:attr:`Stage.late_inputs`): its node starts before they
+are built and waits for them inside the stage (``ctx.wait_input``), so a root filesystem is
+debootstrapped while the kernel it installs at the end still compiles.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,31 @@ import concurrent.futures as cf
 import contextlib
 import os
 import shutil
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from xenforge.cache import Cache
 from xenforge.core import run as runner
-from xenforge.cache.store import Cache
 from xenforge.core.errors import CommandFailed, StageFailed, XenforgeError
+from xenforge.core.files import note
 from xenforge.core.leftovers import remove_tree
 from xenforge.plan.graph import Graph, Node, explain_change
-from xenforge.cli.progress import Progress
 from xenforge.stages import get_stage
 from xenforge.stages.base import StageContext
+
+
+class Reporter(Protocol):
+    """What the executor tells the person or program watching (see xenforge.cli.progress)."""
+
+    def line(self, text: str) -> None: ...
+    def started(self, node: str, log: str) -> None: ...
+    def finished(self, node: str, status: str, detail: str = "",
+                 seconds: float | None = None) -> None: ...
+    def cached(self, node: str, node_id: str, detail: str = "") -> None: ...
 
 
 @dataclass
@@ -28,20 +45,33 @@ class NodeResult:
     name: str
     id: str
     status: str  # "cached", "built", "failed", "skipped"
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the build (waiting for late inputs excluded)
     out: Path | None = None
     error: XenforgeError | None = None
+    waited: float = 0.0  # seconds spent waiting for late inputs
+    started: float = 0.0  # time.monotonic() when the node started
+    ended: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("cached", "built")
+
+
+class InputFailed(StageFailed):
+    """A late input of a running node failed or was skipped."""
 
 
 class Executor:
-    def __init__(self, graph: Graph, cache: Cache, progress: Progress, *,
+    def __init__(self, graph: Graph, cache: Cache, progress: Reporter, *,
                  jobs: int | None = None, logs_dir: Path | None = None) -> None:
         self.graph = graph
         self.cache = cache
         self.progress = progress
         self.jobs = jobs or os.cpu_count() or 2
-        self.logs_dir = logs_dir or cache.root / "logs" / graph.recipe
+        self.logs_dir = logs_dir or cache.state.logs(graph.recipe)
         self.results: dict[str, NodeResult] = {}
+        self._done = {name: threading.Event() for name in graph.nodes}
+        self._lock = threading.Lock()
 
     def log_path(self, node: Node) -> Path:
         return self.logs_dir / f"{node.name.replace(':', '-').replace('/', '_')}.log"
@@ -52,14 +82,15 @@ class Executor:
             self.progress.line(f"stopped {len(orphans)} process(es) a killed build left running")
         pending = dict(self.graph.nodes)
         failed = False
-        # heavy (compiler) nodes run one at a time, each with -j jobs; light nodes (fetches,
-        # packaging) run beside them, so the pool has room for both
         heavy_running: set[cf.Future[NodeResult]] = set()
-        with cf.ThreadPoolExecutor(max_workers=self.jobs + 2) as pool:
+        # a thread per node at most: a node waiting for a late input holds its thread
+        with cf.ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool:
             running: dict[cf.Future[NodeResult], str] = {}
             try:
                 while pending or running:
-                    if not failed:
+                    if failed:
+                        self._skip(pending)
+                    else:
                         self._submit_ready(pool, pending, running, heavy_running)
                     if not running:
                         break
@@ -67,25 +98,45 @@ class Executor:
                     for fut in done:
                         heavy_running.discard(fut)
                         name = running.pop(fut)
-                        result = fut.result()
-                        self.results[name] = result
-                        if result.status == "failed":
+                        if not fut.result().ok:
                             failed = True
             except BaseException:  # SIGINT/SIGTERM: stop commands, let stages clean up
                 runner.kill_all()
+                self._skip(pending)
                 cf.wait(running)
                 raise
-        for name, node in pending.items():
-            self.results[name] = NodeResult(name, node.id, "skipped")
+        self._skip(pending)
         return self.results
+
+    def _skip(self, pending: dict[str, Node]) -> None:
+        """Nodes that will not run (after a failure): skipped, and their waiters told."""
+        for name, node in pending.items():
+            self._record(NodeResult(name, node.id, "skipped"))
+        pending.clear()
+
+    def _record(self, result: NodeResult) -> NodeResult:
+        with self._lock:
+            self.results[result.name] = result
+        self._done[result.name].set()
+        return result
+
+    def _ready(self, node: Node) -> bool:
+        late = set(get_stage(node.stage).late_inputs)
+        for label, ref in node.inputs.items():
+            if label in late:
+                continue
+            for dep in [ref] if isinstance(ref, str) else ref:
+                res = self.results.get(dep)
+                if res is None or not res.ok:
+                    return False
+        return True
 
     def _submit_ready(self, pool: cf.ThreadPoolExecutor, pending: dict[str, Node],
                       running: dict[cf.Future[NodeResult], str],
                       heavy_running: set[cf.Future[NodeResult]]) -> None:
-        """Start every pending node whose inputs are done (at most one heavy build)."""
+        """Start every pending node whose (early) inputs are done; one heavy build at most."""
         for name, node in list(pending.items()):
-            if not all(d in self.results and self.results[d].status in ("cached", "built")
-                       for d in node.inputs.values()):
+            if not self._ready(node):
                 continue
             heavy = get_stage(node.stage).heavy and not self.cache.has(node.id)
             if heavy and heavy_running:
@@ -96,20 +147,43 @@ class Executor:
             if heavy:
                 heavy_running.add(fut)
 
-    def _run_node(self, node: Node) -> NodeResult:
-        if self.cache.has(node.id):
-            self.cache.touch(node.id)
-            self.cache.write_ref(self.graph.recipe, node.name, {"id": node.id, "key": node.key()})
-            self.progress.line(f"cached {node.name}  {node.id[:12]}")
-            return NodeResult(node.name, node.id, "cached", out=self.cache.out(node.id))
-        stage_cls = get_stage(node.stage)
-        with self.cache.lock(node.id):
-            if self.cache.has(node.id):  # another build made it while we waited
-                self.progress.line(f"cached {node.name}  {node.id[:12]} (built by another run)")
-                return NodeResult(node.name, node.id, "cached", out=self.cache.out(node.id))
-            return self._build(node, stage_cls)
+    def _wait_for(self, node: Node, label: str, waited: list[float]) -> Path:
+        """The output of ``node``'s late input ``label`` once it is built (the stage waits)."""
+        ref = node.inputs.get(label)
+        if not isinstance(ref, str):
+            raise StageFailed(node.name, f"late input {label!r} must be one node")
+        t0 = time.monotonic()
+        while not self._done[ref].wait(0.5):
+            runner.check_cancelled()
+        waited.append(time.monotonic() - t0)
+        res = self.results[ref]
+        if not res.ok or res.out is None:
+            raise InputFailed(node.name, f"its input {ref} was not built ({res.status})")
+        return res.out
 
-    def _build(self, node: Node, stage_cls: type) -> NodeResult:
+    def _run_node(self, node: Node) -> NodeResult:
+        try:
+            if self.cache.has(node.id):
+                return self._record(self._cached(node))
+            with self.cache.lock(node.id):
+                if self.cache.has(node.id):  # another build made it while we waited
+                    return self._record(self._cached(node, "built by another run"))
+                return self._record(self._build(node))
+        except BaseException:
+            self._record(NodeResult(node.name, node.id, "failed",
+                                    error=StageFailed(node.name, "interrupted")))
+            raise
+
+    def _cached(self, node: Node, detail: str = "") -> NodeResult:
+        self.cache.touch(node.id)
+        self.cache.write_ref(self.graph.recipe, node.name, {"id": node.id, "key": node.key()})
+        self.progress.cached(node.name, node.id, detail)
+        now = time.monotonic()
+        return NodeResult(node.name, node.id, "cached", out=self.cache.out(node.id),
+                          started=now, ended=now)
+
+    def _build(self, node: Node) -> NodeResult:
+        stage_cls = get_stage(node.stage)
         log = self.log_path(node)
         log.parent.mkdir(parents=True, exist_ok=True)
         previous = self.cache.read_ref(self.graph.recipe, node.name)
@@ -117,6 +191,8 @@ class Executor:
                        f"[xenforge] why: {explain_change(node, previous)}\n")
         self.progress.started(node.name, str(log))
         start = time.monotonic()
+        waited: list[float] = []
+        late = set(stage_cls.late_inputs)
         stage = stage_cls()
         try:
             work = self.cache.work(node.id)
@@ -124,35 +200,57 @@ class Executor:
                 ctx = StageContext(
                     node=node.name, node_id=node.id,
                     options=stage.Options.model_validate(node.options),
-                    inputs={label: self.cache.out(self.graph.nodes[dep].id)
-                            for label, dep in node.inputs.items()},
-                    files=dict(node.files), out=staging / "out", work=work, log=log,
-                    cache=self.cache, jobs=self.jobs)
+                    inputs={label: self._input_paths(ref) for label, ref in node.inputs.items()
+                            if label not in late or self._is_done(ref)},
+                    files={label: ref if isinstance(ref, Path) else tuple(ref)
+                           for label, ref in node.files.items()},
+                    out=staging / "out", work=work, log=log,
+                    epoch=node.env.epoch if node.env else 0,
+                    compiler_cache=self.cache.ccache_dir, jobs=self.jobs,
+                    scratch=self.cache.scratch,
+                    late=[label for label in late if label in node.inputs
+                          and not self._is_done(node.inputs[label])],
+                    waiter=lambda label: self._wait_for(node, label, waited))
                 with runner.owned_by(str(self.cache.lock_file(node.id))):
                     stage.run(ctx)
-                seconds = time.monotonic() - start
+                seconds = time.monotonic() - start - sum(waited)
                 shutil.copyfile(log, staging / "log")
                 manifest = {"node": node.name, "id": node.id, "stage": node.stage,
                             "recipe": self.graph.recipe, "key": node.key(),
-                            "seconds": round(seconds, 1), "finished": time.time()}
+                            "seconds": round(seconds, 1), "waited": round(sum(waited), 1),
+                            "finished": time.time()}
                 self.cache.commit(node.id, staging, manifest)
         except XenforgeError as exc:
-            self.progress.finished(node.name, "FAILED", f"log: {log}")
             err = exc if isinstance(exc, StageFailed) else _as_stage_failure(node, exc, log)
-            return NodeResult(node.name, node.id, "failed", time.monotonic() - start, error=err)
+            note(log, f"FAILED: {err.render()}")
+            self.progress.finished(node.name, "FAILED", f"log: {log}")
+            return NodeResult(node.name, node.id, "failed", time.monotonic() - start,
+                              error=err, waited=sum(waited), started=start,
+                              ended=time.monotonic())
         except Exception as exc:  # a bug in a stage: still name the node and the log
-            with open(log, "a", encoding="utf-8") as f:
-                f.write("[xenforge] internal error:\n" + "".join(traceback.format_exception(exc)))
+            note(log, "internal error:\n" + "".join(traceback.format_exception(exc)))
             self.progress.finished(node.name, "FAILED", f"log: {log}")
             err = StageFailed(node.name, f"internal error: {type(exc).__name__}: {exc}", log=log,
                               hint="this is a xenforge bug; run with --debug for the traceback")
             err.__cause__ = exc
-            return NodeResult(node.name, node.id, "failed", time.monotonic() - start, error=err)
+            return NodeResult(node.name, node.id, "failed", time.monotonic() - start, error=err,
+                              started=start, ended=time.monotonic())
         with contextlib.suppress(XenforgeError, OSError):  # built; the next build retries
             remove_tree(work)
         self.cache.write_ref(self.graph.recipe, node.name, {"id": node.id, "key": node.key()})
-        self.progress.finished(node.name, "built", node.id[:12])
-        return NodeResult(node.name, node.id, "built", seconds, out=self.cache.out(node.id))
+        detail = node.id[:12] + (f" (waited {sum(waited):.0f}s for inputs)" if waited else "")
+        self.progress.finished(node.name, "built", detail, seconds)
+        return NodeResult(node.name, node.id, "built", seconds, out=self.cache.out(node.id),
+                          waited=sum(waited), started=start, ended=time.monotonic())
+
+    def _is_done(self, ref: str | list[str]) -> bool:
+        names = [ref] if isinstance(ref, str) else ref
+        return all(self.results.get(n) is not None and self.results[n].ok for n in names)
+
+    def _input_paths(self, ref: str | list[str]) -> Path | tuple[Path, ...]:
+        if isinstance(ref, str):
+            return self.cache.out(self.graph.nodes[ref].id)
+        return tuple(self.cache.out(self.graph.nodes[r].id) for r in ref)
 
 
 def _as_stage_failure(node: Node, exc: XenforgeError, log: Path) -> StageFailed:

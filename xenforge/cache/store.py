@@ -1,52 +1,31 @@
-"""Content-addressed store of node outputs.
+"""The store of committed node outputs, by node id, behind a small interface
+(:class:`Store`): what the executor needs to find, use and commit objects. The local store
+(:class:`LocalStore`) is a directory; a remote backend (an HTTP cache) can sit behind the
+same interface.
 
-Layout below the cache root (``~/.cache/xenforge`` by default)::
+Local layout::
 
     objects/ab/<id>/out/            a node's committed output (what stages read)
     objects/ab/<id>/manifest.json   what it was built from, when, how long it took
     objects/ab/<id>/log             the stage log of the build that made it
-    tmp/<id>.<pid>.<rand>/          outputs being built; renamed into objects/ on success
-    locks/<id>.lock                 one build of a node at a time, across processes
-    refs/<recipe>/<node>.json       the latest id built for a recipe's node (for "why rebuilt")
-    work/<id>/                      scratch space of a running stage
-    downloads/sha256/<hash>         fetched source files, by checksum
-    ccache/                         the compiler cache, shared by all builds and all caches
-                                    of the user ($XENFORGE_CCACHE_DIR overrides)
 
-An object directory exists only once complete (rename is atomic), so a build killed at any
-moment leaves at most a stale ``tmp/`` or ``work/`` entry, which is never read and is removed
-by the next build of that node (under its lock) or by ``xenforge cache gc``.
+An object directory exists only once complete (rename is atomic), and its manifest is
+written last, so a build killed at any moment leaves nothing a reader would trust.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
-import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xenforge.core import run as runner
-from xenforge.core.errors import InputError, XenforgeError
 from xenforge.core.leftovers import libc, remove_tree
-
-
-def default_root() -> Path:
-    env = os.environ.get("XENFORGE_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "xenforge"
-
-
-#: stage scratch dirs below the cache root that ``gc`` may empty (the kernel stage's
-#: incremental build dirs); each ``DIR/NAME`` has a ``DIR/NAME.lock`` held while in use
-SCRATCH_DIRS = ("kbuild",)
 
 
 @dataclass
@@ -59,34 +38,35 @@ class Entry:
     used: float
 
 
-class Cache:
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = (root or default_root()).absolute()
-        self.objects_dir = self.root / "objects"
-        self.tmp_dir = self.root / "tmp"
-        self.locks_dir = self.root / "locks"
-        self.refs_dir = self.root / "refs"
-        self.work_dir = self.root / "work"
-        self.downloads_dir = self.root / "downloads"
-        # one compiler cache for every xenforge cache on this machine (a test's or CI shard's
-        # own --cache-dir still compiles warm); ccache is content-addressed, so sharing is safe
-        self.ccache_dir = Path(os.environ.get("XENFORGE_CCACHE_DIR")
-                               or default_root() / "ccache").absolute()
-        try:
-            for d in (self.objects_dir, self.tmp_dir, self.locks_dir, self.refs_dir,
-                      self.work_dir, self.downloads_dir):
-                d.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot use cache directory {self.root}: {exc.strerror}",
-                             hint="pass --cache-dir DIR or set XENFORGE_CACHE_DIR") from exc
-        try:
-            self.ccache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot use the compiler cache {self.ccache_dir}: "
-                             f"{exc.strerror}",
-                             hint="set XENFORGE_CCACHE_DIR to a writable directory") from exc
+class Store(ABC):
+    """Committed node outputs by node id."""
 
-    # -- objects -----------------------------------------------------------------------
+    @abstractmethod
+    def has(self, node_id: str) -> bool:
+        """Whether the object exists (complete)."""
+
+    @abstractmethod
+    def out(self, node_id: str) -> Path:
+        """The local path of an object's ``out/`` (what stages read; only when it exists)."""
+
+    @abstractmethod
+    def manifest(self, node_id: str) -> dict[str, Any]:
+        """The object's manifest (what it was built from)."""
+
+    @abstractmethod
+    def commit(self, node_id: str, staging: Path, manifest: dict[str, Any]) -> Path:
+        """Store ``staging`` (with ``out/``) as the object ``node_id``, atomically."""
+
+    @abstractmethod
+    def touch(self, node_id: str) -> None:
+        """Record a use (least recently used objects go first in gc)."""
+
+
+class LocalStore(Store):
+    def __init__(self, objects: Path, tmp: Path) -> None:
+        self.objects_dir = objects
+        self.tmp_dir = tmp
+
     def object_dir(self, node_id: str) -> Path:
         return self.objects_dir / node_id[:2] / node_id
 
@@ -104,65 +84,6 @@ class Cache:
     def touch(self, node_id: str) -> None:
         with contextlib.suppress(OSError):
             os.utime(self.object_dir(node_id) / "manifest.json")
-
-    @contextlib.contextmanager
-    def lock(self, node_id: str) -> Iterator[None]:
-        """Hold the node's lock: one build of a node at a time, across processes."""
-        with open(self.lock_file(node_id), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def try_lock(self, node_id: str) -> Iterator[bool]:
-        """The node's lock if nobody holds it (yields True), else yields False at once."""
-        with open(self.lock_file(node_id), "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def lock_file(self, node_id: str) -> Path:
-        return self.locks_dir.resolve() / f"{node_id}.lock"
-
-    def orphaned(self, lock_file: str) -> bool:
-        """True if ``lock_file`` is one of this cache's node locks and nobody holds it: the
-        build that started a command marked with it is dead (see run.stop_orphans)."""
-        path = Path(lock_file)
-        if path.parent != self.locks_dir.resolve() or not path.name.endswith(".lock"):
-            return False  # another cache's build, or not a build at all
-        return self._unlocked(path.name.removesuffix(".lock"))
-
-    @contextlib.contextmanager
-    def staging(self, node_id: str) -> Iterator[Path]:
-        """A fresh staging dir for ``node_id`` (call under :meth:`lock`).
-
-        Stale staging and work dirs of the same node (from a killed build) are removed
-        first. The dir is deleted on any exception; :meth:`commit` moves it into place.
-        """
-        for stale in self.tmp_dir.glob(f"{node_id}.*"):
-            remove_tree(stale)
-        path = self.tmp_dir / f"{node_id}.{os.getpid()}.{secrets.token_hex(4)}"
-        (path / "out").mkdir(parents=True)
-        try:
-            yield path
-        finally:
-            with contextlib.suppress(XenforgeError, OSError):  # the next build retries
-                remove_tree(path)
-
-    def work(self, node_id: str) -> Path:
-        """A clean scratch dir for a node's build (call under :meth:`lock`)."""
-        path = self.work_dir / node_id
-        remove_tree(path)  # a killed build's: its mounts and loop devices released first
-        path.mkdir(parents=True)
-        return path
 
     def commit(self, node_id: str, staging: Path, manifest: dict[str, Any]) -> Path:
         """Write the manifest and move ``staging`` into the store atomically. The outputs
@@ -188,24 +109,8 @@ class Cache:
         _fsync_dir(target.parent)
         return target
 
-    # -- refs: what a recipe's node was last built as ---------------------------------
-    def write_ref(self, recipe: str, node: str, record: dict[str, Any]) -> None:
-        path = self.refs_dir / recipe / f"{node.replace('/', '_')}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        os.rename(tmp, path)
-
-    def read_ref(self, recipe: str, node: str) -> dict[str, Any] | None:
-        path = self.refs_dir / recipe / f"{node.replace('/', '_')}.json"
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-            return data
-        except (OSError, ValueError):
-            return None
-
-    # -- listing and garbage collection ------------------------------------------------
     def entries(self) -> list[Entry]:
+        """Every object, least recently used first."""
         out = []
         for mf in self.objects_dir.glob("*/*/manifest.json"):
             try:
@@ -213,97 +118,21 @@ class Cache:
                 st = mf.stat()
             except (OSError, ValueError):
                 continue
-            out.append(Entry(id=mf.parent.name, stage=m.get("stage", "?"),
-                             node=m.get("node", "?"), size=dir_size(mf.parent),
+            if not isinstance(m, dict):
+                continue
+            out.append(Entry(id=mf.parent.name, stage=str(m.get("stage", "?")),
+                             node=str(m.get("node", "?")), size=dir_size(mf.parent),
                              created=m.get("finished", st.st_mtime), used=st.st_mtime))
         return sorted(out, key=lambda e: e.used)
 
-    def referenced(self) -> set[str]:
-        ids = set()
-        for ref in self.refs_dir.glob("*/*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                ids.add(json.loads(ref.read_text())["id"])
-        return ids
+    def remove(self, node_id: str) -> None:
+        """Take an object out of the store atomically, then delete it (call under its lock)."""
+        doomed = self.tmp_dir / f"{node_id}.gc.{secrets.token_hex(4)}"
+        os.rename(self.object_dir(node_id), doomed)
+        remove_tree(doomed)
 
-    def gc(self, *, max_bytes: int | None = None, older_than: float | None = None,
-           dry_run: bool = False) -> list[Entry]:
-        """Remove stale tmp/work dirs, then objects: those older than ``older_than`` seconds,
-        then the least recently used until under ``max_bytes``. The latest build of every
-        recipe's node (``refs/``) is always kept, even if the cache stays over the size."""
-        removed: list[Entry] = []
-        if not dry_run:
-            runner.stop_orphans(self.orphaned)  # commands of dead builds writing in there
-        for stale in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
-            # held while deleting: a build that starts meanwhile waits, then makes a new one
-            with self.try_lock(stale.name.split(".")[0]) as free:
-                if free and not dry_run:
-                    remove_tree(stale)
-        entries = self.entries()
-        keep = self.referenced()
-        now = time.time()
-        scratch = self.scratch_entries()
-        total = sum(e.size for e in entries) + sum(e.size for e in scratch)
-        # scratch dirs first (a kernel's incremental kbuild dir: a speed-up, rebuilt on demand)
-        for e in scratch:
-            too_old = older_than is not None and now - e.used > older_than
-            too_big = max_bytes is not None and total > max_bytes
-            if (too_old or too_big) and self._remove_scratch(Path(e.id), dry_run):
-                removed.append(e)
-                total -= e.size
-        for e in entries:  # least recently used first
-            if e.id in keep:
-                continue
-            too_old = older_than is not None and now - e.used > older_than
-            too_big = max_bytes is not None and total > max_bytes
-            if (too_old or too_big) and (dry_run or self._remove(e)):
-                removed.append(e)
-                total -= e.size
-        return removed
-
-    def scratch_entries(self) -> list[Entry]:
-        """Persistent scratch dirs of stages (``<cache>/kbuild/NAME``, each with NAME.lock),
-        least recently used first; ``id`` is the dir's path."""
-        out = []
-        for d in (self.root / dirname for dirname in SCRATCH_DIRS):
-            for sub in d.iterdir() if d.is_dir() else ():
-                if sub.is_dir():
-                    st = sub.stat()
-                    out.append(Entry(id=str(sub), stage="scratch", node=f"{d.name}/{sub.name}",
-                                     size=dir_size(sub), created=st.st_ctime,
-                                     used=st.st_mtime))
-        return sorted(out, key=lambda e: e.used)
-
-    @staticmethod
-    def _remove_scratch(path: Path, dry_run: bool) -> bool:
-        """Remove a scratch dir unless a build holds its lock; True if it is (would be) gone."""
-        with open(path.with_name(path.name + ".lock"), "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            if not dry_run:
-                remove_tree(path)
-            fcntl.flock(f, fcntl.LOCK_UN)
-        return True
-
-    def _unlocked(self, node_id: str) -> bool:
-        with self.try_lock(node_id) as free:
-            return free
-
-    def _remove(self, e: Entry) -> bool:
-        """Remove an object unless a build holds it, used it since ``e`` was listed, or
-        made it a recipe's latest meanwhile; True if it is gone."""
-        with self.try_lock(e.id) as free:
-            target = self.object_dir(e.id)
-            if not free or not target.exists() or e.id in self.referenced():
-                return False
-            with contextlib.suppress(OSError):
-                if (target / "manifest.json").stat().st_mtime > e.used:
-                    return False  # touched by a build that took it from the cache
-            doomed = self.tmp_dir / f"{e.id}.gc.{secrets.token_hex(4)}"
-            os.rename(target, doomed)  # gone from the store atomically
-            remove_tree(doomed)
-            return True
+    def objects(self) -> Iterator[Path]:
+        return self.objects_dir.glob("*/*")
 
 
 def _syncfs(path: Path) -> None:

@@ -5,6 +5,7 @@ errors with --quiet."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import threading
@@ -124,8 +125,57 @@ class Progress:
             self.running[node] = (time.monotonic(), log)
         self.line(f"start  {node}  (log: {log})")
 
-    def finished(self, node: str, status: str, detail: str = "") -> None:
+    def finished(self, node: str, status: str, detail: str = "",
+                 seconds: float | None = None) -> None:
         with self.lock:
             start, _ = self.running.pop(node, (time.monotonic(), ""))
         took = _fmt(time.monotonic() - start)
         self.line(f"{status:<6} {node}  {took}" + (f"  {detail}" if detail else ""))
+
+    def cached(self, node: str, node_id: str, detail: str = "") -> None:
+        self.line(f"cached {node}  {node_id[:12]}" + (f" ({detail})" if detail else ""))
+
+
+class JsonProgress(Progress):
+    """``--progress=json``: one JSON object per line on stdout, for CI front-ends::
+
+        {"event": "started", "node": "kernel:dom0", "log": "...", "time": 1764590400.1}
+        {"event": "finished", "node": "kernel:dom0", "status": "built", "seconds": 812.3, ...}
+        {"event": "cached", "node": "tree:linux-6.1", "id": "...", ...}
+        {"event": "message", "text": "..."}
+
+    ``xenforge build`` adds ``artifact`` events and a final ``summary`` event."""
+
+    def __init__(self, *, stream: IO[str] | None = None, logfile: Path | None = None) -> None:
+        super().__init__(quiet=True, plain=True, stream=stream, logfile=logfile)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def emit(self, event: str, **fields: object) -> None:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        with self.lock:
+            print(json.dumps(record, sort_keys=True), file=self.stream, flush=True)
+
+    def line(self, text: str) -> None:
+        super().line(text)  # the build.log keeps its lines
+        self.emit("message", text=text)
+
+    def started(self, node: str, log: str) -> None:
+        with self.lock:
+            self.running[node] = (time.monotonic(), log)
+        self.emit("started", node=node, log=log)
+
+    def finished(self, node: str, status: str, detail: str = "",
+                 seconds: float | None = None) -> None:
+        with self.lock:
+            start, _ = self.running.pop(node, (time.monotonic(), ""))
+        took = seconds if seconds is not None else time.monotonic() - start
+        self.emit("finished", node=node, status=status.lower(), seconds=round(took, 1),
+                  detail=detail)
+
+    def cached(self, node: str, node_id: str, detail: str = "") -> None:
+        self.emit("cached", node=node, id=node_id, detail=detail)

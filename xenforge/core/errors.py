@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,17 @@ class StageFailed(XenforgeError):
         self.log = log
 
 
+def exit_status(returncode: int) -> str:
+    """How a command ended, for people: "failed with exit code 2", "was killed by SIGKILL"."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"failed with exit code {returncode}"
+
+
 class CommandFailed(XenforgeError):
     """A subprocess exited non-zero (raised by :mod:`xenforge.run`)."""
 
@@ -94,7 +106,7 @@ class CommandFailed(XenforgeError):
         if len(cmd) > 300:
             cmd = cmd[:297] + "..."
         lines = "\n".join(f"    | {t}" for t in tail)
-        msg = f"command failed with exit code {returncode}: {cmd}"
+        msg = f"command {exit_status(returncode)}: {cmd}"
         if lines:
             msg += f"\n  last output:\n{lines}"
         super().__init__(msg, hint=f"full log: {log}" if log else "")

@@ -2,7 +2,8 @@
 
 - argv lists only, never shell strings;
 - a clean, explicit environment (a known PATH and locale, plus what the caller adds);
-- every command, its duration and its output go to the stage log;
+- every command, its duration and its output (captured output too) go to the stage log, and
+  to the ``xenforge.run`` logger at debug level (``xenforge --debug``);
 - on failure a :class:`~xenforge.errors.CommandFailed` carries the command, the exit code,
   the last lines of output and the log path;
 - the child runs in its own process group, which is killed on timeout or interrupt.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import logging
 import os
 import shlex
 import signal
@@ -24,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from xenforge.core.errors import CommandFailed, XenforgeError
+from xenforge.core.errors import CommandFailed, XenforgeError, exit_status
 
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TAIL_LINES = 25
 
+_log = logging.getLogger("xenforge.run")
 _live: set[subprocess.Popen[bytes]] = set()
 _live_lock = threading.Lock()
 _cancelled = threading.Event()
@@ -55,7 +58,6 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "LC_ALL": "C.UTF-8",
         "HOME": os.environ.get("HOME", "/root"),
         "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
-        "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "1700000000"),
     }
     if extra:
         env.update(extra)
@@ -66,18 +68,23 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 class Result:
     argv: list[str]
     returncode: int
-    stdout: str
+    stdout: str  # what the command printed on stdout, with ``capture``
     duration: float
+    stderr: str = ""  # what it printed on stderr, with ``capture``
+
+
+class Cancelled(XenforgeError):
+    """The caller's cancel event stopped the command (e.g. an input of the node failed)."""
 
 
 def _pump(stream: IO[bytes], log: IO[str] | None, tail: collections.deque[str],
-          keep: list[str] | None) -> None:
+          keep: list[str] | None, *, to_tail: bool = True) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace")
         if keep is not None:
             keep.append(line)
-            continue
-        tail.append(line.rstrip("\n"))
+        if to_tail:
+            tail.append(line.rstrip("\n"))
         if log is not None:
             log.write(line)
             log.flush()
@@ -95,6 +102,7 @@ def run(
     capture: bool = False,
     stdin_data: bytes | None = None,
     die_with_parent: bool = False,
+    cancel: threading.Event | None = None,
 ) -> Result:
     """Run ``argv``; append its output to ``log``; raise CommandFailed on a non-zero exit.
 
@@ -103,6 +111,7 @@ def run(
     ``die_with_parent``: the kernel SIGKILLs the command when the calling thread dies, so a
     SIGKILLed xenforge leaves no long-running child behind (a VM); only for commands whose
     calling thread waits for them to the end, as this function does.
+    ``cancel``: when the event is set, the command is killed and :class:`Cancelled` raised.
     """
     args = [os.fspath(a) for a in argv]
     if die_with_parent:  # util-linux's setpriv sets PR_SET_PDEATHSIG, then execs the command
@@ -123,6 +132,8 @@ def run(
         logf.flush()
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     out: list[str] = []
+    err: list[str] = []
+    _log.debug("$ %s%s", shlex.join(args), f"    # in {cwd}" if cwd else "")
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -148,11 +159,13 @@ def run(
         _kill_group(proc)
     threads = []
     assert proc.stdout is not None
+    # captured stdout reaches the log too, but not the failure's tail (it is data, e.g. JSON)
     threads.append(threading.Thread(target=_pump, args=(proc.stdout, logf, tail,
-                                                        out if capture else None)))
+                                                        out if capture else None),
+                                    kwargs={"to_tail": not capture}))
     if capture:
         assert proc.stderr is not None
-        threads.append(threading.Thread(target=_pump, args=(proc.stderr, logf, tail, None)))
+        threads.append(threading.Thread(target=_pump, args=(proc.stderr, logf, tail, err)))
     for t in threads:
         t.daemon = True
         t.start()
@@ -161,11 +174,14 @@ def run(
             assert proc.stdin is not None
             proc.stdin.write(stdin_data)
             proc.stdin.close()
-        rc = proc.wait(timeout=timeout)
+        rc = _wait(proc, timeout, cancel)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         rc = -signal.SIGKILL
         tail.append(f"[xenforge] timed out after {timeout:.0f}s and was killed")
+    except Cancelled:
+        _kill_group(proc)
+        raise
     except BaseException:
         _kill_group(proc)
         raise
@@ -176,12 +192,28 @@ def run(
             _live.discard(proc)
         duration = time.monotonic() - start
         if logf:
-            logf.write(f"[xenforge] exit {proc.returncode} after {duration:.1f}s\n")
+            ended = "exit 0" if proc.returncode == 0 else exit_status(proc.returncode)
+            logf.write(f"[xenforge] {ended} after {duration:.1f}s\n")
             logf.close()
-    result = Result(args, rc, "".join(out), duration)
+    result = Result(args, rc, "".join(out), duration, "".join(err))
     if check and rc != 0:
         raise CommandFailed(args, rc, list(tail), log)
     return result
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None,
+          cancel: threading.Event | None) -> int:
+    if cancel is None:
+        return proc.wait(timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return proc.wait(timeout=0.25)
+        except subprocess.TimeoutExpired:
+            if cancel.is_set():
+                raise Cancelled("stopped: " + shlex.join(proc.args)[:200]) from None  # type: ignore[arg-type]
+            if deadline is not None and time.monotonic() > deadline:
+                raise
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

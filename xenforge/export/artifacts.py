@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenforge.build.executor import NodeResult
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.core.hashing import sha256_file
 from xenforge.plan.graph import Graph
 from xenforge.stages import get_stage
@@ -35,7 +35,7 @@ def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Pat
     artifacts: list[Artifact] = []
     for node in graph.nodes.values():
         res = results.get(node.name)
-        if res is None or res.out is None:
+        if res is None or res.out is None or not node.export:
             continue
         patterns = get_stage(node.stage).artifacts
         sub = Path(node.name.replace(":", "-"))

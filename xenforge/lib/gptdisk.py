@@ -237,10 +237,23 @@ def make_esp(path: Path, size: int, efi_binary: Path, *, label: str = "ESP",
 def assemble(rootfs: Path, disk: Path, work: Path, *, fs_uuid: str, firmware: Collection[str],
              seed: str, root_guid: str | None = None, esp_mib: int = 64,
              grub_lib: Path = Path("/usr/lib/grub"), log: Path | None = None) -> DiskLayout:
-    """Write ``disk``: a GPT disk with ``rootfs`` as its root partition, bootable under the
-    requested firmware. ``work`` holds intermediate files."""
+    """Write ``disk``: a GPT disk with ``rootfs`` as its root partition (sized to fit it),
+    bootable under the requested firmware. ``work`` holds intermediate files."""
     layout = plan_layout(rootfs.stat().st_size, firmware, seed=seed, esp_mib=esp_mib,
                          root_guid=root_guid)
+    return assemble_layout(rootfs, disk, work, layout, fs_uuid=fs_uuid, grub_lib=grub_lib,
+                           log=log)
+
+
+def assemble_layout(rootfs: Path, disk: Path, work: Path, layout: DiskLayout, *, fs_uuid: str,
+                    grub_lib: Path = Path("/usr/lib/grub"), log: Path | None = None
+                    ) -> DiskLayout:
+    """Write ``disk`` with ``layout`` (from :func:`plan_layout`): the partitions, GRUB for each
+    firmware the layout has room for, ``rootfs`` copied into the root partition."""
+    root = layout.part("root")
+    if root is None or rootfs.stat().st_size > root.size:
+        raise DiskError(f"{rootfs.name} does not fit the root partition of the layout")
+    firmware = [fw for fw, part in (("bios", "bios"), ("uefi", "esp")) if layout.part(part)]
     images = build_grub_images(work / "grub", fs_uuid, firmware, grub_lib=grub_lib, log=log)
     tmp = disk.with_name(disk.name + ".part")
     tmp.unlink(missing_ok=True)
@@ -259,8 +272,6 @@ def assemble(rootfs: Path, disk: Path, work: Path, *, fs_uuid: str, firmware: Co
         make_esp(esp_img, esp.size, images["uefi"], volume_id=layout.disk_guid[:8], log=log)
         copy_sparse(esp_img, tmp, esp.start)
         esp_img.unlink()
-    root = layout.part("root")
-    assert root is not None
     copy_sparse(rootfs, tmp, root.start)
     bios = layout.part("bios")
     if bios is not None:

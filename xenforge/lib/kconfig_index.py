@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xenforge.lib.kconfig import PREFIX, Mismatch, Setting, values_match
+from xenforge.core.errors import InputError
+from xenforge.lib.kconfig import PREFIX, Mismatch, Setting, values_match, verify
 
 # -- expressions ---------------------------------------------------------------------------
 
@@ -552,3 +553,28 @@ def explain(mismatches: list[Mismatch], index: KconfigIndex, final: Mapping[str,
             requested: Mapping[str, Setting]) -> list[str]:
     ex = Explainer(index, final, requested)
     return [ex.explain(m) for m in mismatches]
+
+
+class KconfigRejected(InputError):
+    """Requested options did not survive ``olddefconfig``: the fragments ask for what this
+    tree cannot give (bad input, exit 2, in every stage that merges fragments)."""
+
+
+def check_survived(requested: Mapping[str, Setting], final: Mapping[str, str],
+                   load_index: Callable[[], KconfigIndex]) -> list[str]:
+    """Raise :class:`KconfigRejected` naming each requested option that Kconfig dropped or
+    changed, with its fragment, line and the dependency that is missing (from the tree's
+    Kconfig files, loaded only then); returns nothing useful when all survived ([])."""
+    problems = verify(requested, final)
+    if not problems:
+        return []
+    lines = [p.summary() for p in problems]
+    try:
+        lines = explain(problems, load_index(), final, requested)
+    except (OSError, ValueError) as exc:  # the explanation is a bonus; keep the plain list
+        lines.append(f"(the dependencies could not be explained: {exc})")
+    n = len(problems)
+    raise KconfigRejected(
+        f"{n} requested Kconfig option{'s' if n != 1 else ''} did not survive "
+        "olddefconfig:\n  " + "\n  ".join(lines),
+        hint="add the missing dependencies to a fragment, or drop the options")

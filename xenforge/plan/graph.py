@@ -1,23 +1,45 @@
-"""Recipe -> build graph. Each node is one stage run; its id is a hash chain over the stage,
-its version, its options, the ids of the nodes it consumes and the content of its files."""
+"""The build graph: nodes (one stage run each), their ids, and why a node rebuilds.
+
+A node's id is a hash chain (as osbuild's): sha256 over the canonical JSON of its stage name
+and version, its options (or their ``identity`` where the options hold something that does
+not change the bytes, such as a download mirror), the ids of the nodes it consumes, the
+content hashes of its input files and - for stages whose bytes depend on it - the build
+environment (``SOURCE_DATE_EPOCH`` and the target distribution release). An input or a file
+may be one value or a list (``debs: [xen-debs, kernel:dom0]``, ``fragments: [a, b]``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xenforge.core.data import data_dir
 from xenforge.core.errors import InputError
 from xenforge.core.hashing import sha256_json, tree_hash
 from xenforge.lib.patches import series_files
-from xenforge.recipe.load import LoadedRecipe
-from xenforge.sources.specs import PathSource, SourceSpec, identity
 from xenforge.stages import get_stage
 
-#: the packaging data of the xen-debs stage (control files, maintainer scripts, overrides)
-XEN_DEBS_TEMPLATES = data_dir("templates") / "xen-debs"
+#: an input: one node name, or a list of them
+InputRef = str | list[str]
+#: a file input: one path, or a list of them
+FileRef = Path | list[Path]
+
+
+@dataclass(frozen=True)
+class BuildEnv:
+    """What every byte-producing node depends on besides its own inputs."""
+
+    epoch: int  # SOURCE_DATE_EPOCH of every command of the build
+    release: str  # the target distribution's release, e.g. "bookworm"
+    distribution: str = "debian"
+
+    @property
+    def target(self) -> str:
+        return f"{self.distribution}/{self.release}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "target": self.target}
 
 
 @dataclass
@@ -25,30 +47,46 @@ class Node:
     name: str  # unique in the graph, e.g. "kernel:dom0"
     stage: str
     options: dict[str, Any] = field(default_factory=dict)  # JSON-able; hashed
-    inputs: dict[str, str] = field(default_factory=dict)  # label -> node name
-    files: dict[str, Path] = field(default_factory=dict)  # label -> file/dir; content hashed
-    id: str = ""
+    inputs: dict[str, InputRef] = field(default_factory=dict)  # label -> node name(s)
+    files: dict[str, FileRef] = field(default_factory=dict)  # label -> file(s); content hashed
+    env: BuildEnv | None = None  # set by the planner for stages whose bytes depend on it
     #: what identifies the options when it differs from them (a URL mirror is not identity)
     identity: dict[str, Any] | None = None
-    file_hashes: dict[str, str] = field(default_factory=dict)
-    input_ids: dict[str, str] = field(default_factory=dict)
+    #: export this node's artifacts to out/<recipe>/ (an intermediate rootfs is not)
+    export: bool = True
+    id: str = ""
+    file_hashes: dict[str, str | list[str]] = field(default_factory=dict)
+    input_ids: dict[str, str | list[str]] = field(default_factory=dict)
     version: int = 0
+
+    def deps(self) -> Iterator[str]:
+        """Every node this one consumes (each once, in label order)."""
+        seen: set[str] = set()
+        for ref in self.inputs.values():
+            for name in [ref] if isinstance(ref, str) else ref:
+                if name not in seen:
+                    seen.add(name)
+                    yield name
 
     def same_as(self, other: Node) -> bool:
         """The same work: stage, options and inputs (before ids are computed)."""
-        return (self.stage, self.options, self.identity, self.inputs, self.files) == \
-            (other.stage, other.options, other.identity, other.inputs, other.files)
+        return (self.stage, self.options, self.identity, self.inputs, self.files, self.env) == \
+            (other.stage, other.options, other.identity, other.inputs, other.files, other.env)
 
     def key(self) -> dict[str, Any]:
         """Everything the id is computed from (also stored in the manifest and refs)."""
         options = self.options if self.identity is None else self.identity
-        return {"stage": self.stage, "version": self.version, "options": options,
-                "inputs": self.input_ids, "files": self.file_hashes}
+        key: dict[str, Any] = {"stage": self.stage, "version": self.version,
+                               "options": options, "inputs": self.input_ids,
+                               "files": self.file_hashes}
+        if self.env is not None:
+            key["env"] = self.env.to_json()
+        return key
 
 
 @dataclass
 class Graph:
-    recipe: str
+    recipe: str  # the recipe's name (several, joined by "+", for a matrix build)
     nodes: dict[str, Node] = field(default_factory=dict)  # in dependency order
 
     def add(self, node: Node) -> Node:
@@ -57,7 +95,7 @@ class Graph:
             if not existing.same_as(node):
                 raise ValueError(f"two different nodes are named {node.name}")
             return existing  # the same node asked for twice (shared tree, shared source)
-        for dep in node.inputs.values():
+        for dep in node.deps():
             if dep not in self.nodes:
                 raise ValueError(f"node {node.name} consumes unknown node {dep}")
         self.nodes[node.name] = node
@@ -75,7 +113,7 @@ class Graph:
     def downstream(self, name: str) -> set[str]:
         out = {name}
         for n in self.nodes.values():  # dependency order: one pass suffices
-            if any(dep in out for dep in n.inputs.values()):
+            if any(dep in out for dep in n.deps()):
                 out.add(n.name)
         return out
 
@@ -84,7 +122,7 @@ class Graph:
         out = {name}
         for n in reversed(self.nodes.values()):  # reverse dependency order: one pass
             if n.name in out:
-                out.update(n.inputs.values())
+                out.update(n.deps())
         return out
 
     def only(self, targets: Iterable[str]) -> Graph:
@@ -101,15 +139,20 @@ class Graph:
         return {"recipe": self.recipe, "nodes": [
             {"name": n.name, "id": n.id, "stage": n.stage, "version": n.version,
              "options": n.options, "inputs": n.inputs,
-             "files": {k: str(v) for k, v in n.files.items()},
-             "file_hashes": n.file_hashes}
+             "files": {k: _paths_json(v) for k, v in n.files.items()},
+             "file_hashes": n.file_hashes, "env": n.env.to_json() if n.env else None}
             for n in self.nodes.values()]}
+
+
+def _paths_json(ref: FileRef) -> str | list[str]:
+    return str(ref) if isinstance(ref, Path) else [str(p) for p in ref]
 
 
 _hash_memo: dict[tuple[Path, int, int, int], str] = {}
 
 
-def _content_hash(path: Path) -> str:
+def content_hash(path: Path) -> str:
+    """The hash of an input file or folder, as it goes into node ids."""
     st = path.stat()
     if path.is_dir() and (path / "series").is_file():
         # a patch folder: only the series and the patches it lists count (a kernel line's
@@ -128,98 +171,18 @@ def compute_ids(graph: Graph) -> None:
         stage = get_stage(node.stage)
         node.version = stage.version
         stage.Options.model_validate(node.options)  # a planner bug shows up here, not later
-        node.input_ids = {label: graph.nodes[dep].id for label, dep in node.inputs.items()}
-        node.file_hashes = {label: _content_hash(p) for label, p in node.files.items()}
+        if stage.build_env and node.env is None:
+            raise ValueError(f"node {node.name}: the planner gave it no build environment")
+        if not stage.build_env:
+            node.env = None
+        node.input_ids = {
+            label: graph.nodes[ref].id if isinstance(ref, str)
+            else [graph.nodes[r].id for r in ref]
+            for label, ref in node.inputs.items()}
+        node.file_hashes = {
+            label: content_hash(ref) if isinstance(ref, Path) else [content_hash(p) for p in ref]
+            for label, ref in node.files.items()}
         node.id = sha256_json(node.key())
-
-
-# -- recipe sections -> nodes -------------------------------------------------------------
-
-def _source_node(graph: Graph, name: str, spec: SourceSpec) -> Node:
-    files: dict[str, Path] = {}
-    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if isinstance(spec, PathSource):
-        # identity is the content, never the location on this machine
-        files["path"] = spec.path
-        data["path"] = spec.path.name
-    return graph.add_shared(Node(name=f"source:{name}", stage="source",
-                                 options={"spec": data}, identity={"spec": identity(spec)},
-                                 files=files))
-
-
-def _tree_node(graph: Graph, name: str, spec: SourceSpec, patches: Path | None) -> Node:
-    src = _source_node(graph, name, spec)
-    files = {"patches": patches} if patches is not None else {}
-    # the same line with other patches or another source is another tree
-    return graph.add_shared(Node(name=f"tree:{name}", stage="tree",
-                                 inputs={"source": src.name}, files=files))
-
-
-def _plan_hypervisor(graph: Graph, loaded: LoadedRecipe) -> None:
-    section, spec = loaded.recipe.hypervisor, loaded.hypervisor_spec
-    if section is None or spec is None:
-        return
-    tree = _tree_node(graph, spec.name, section.source or spec.source,
-                      section.patches or spec.patches)
-    fragments = [*spec.config, *section.config]
-    hyp = graph.add(Node(
-        name="hypervisor", stage="hypervisor", inputs={"tree": tree.name},
-        options={"version": spec.version, "debug": section.debug},
-        files={f"config{i}": p for i, p in enumerate(fragments)}))
-    if not section.toolstack:
-        return
-    tools = graph.add(Node(
-        name="toolstack", stage="toolstack", inputs={"tree": tree.name},
-        options={"version": spec.version, "configure": spec.toolstack.configure}))
-    if section.packages:
-        source = section.source or spec.source
-        graph.add(Node(
-            name="xen-debs", stage="xen-debs",
-            inputs={"hypervisor": hyp.name, "toolstack": tools.name},
-            options={"version": spec.version, "source": _describe(source)},
-            files={"templates": XEN_DEBS_TEMPLATES}))
-
-
-def _plan_kernels(graph: Graph, loaded: LoadedRecipe) -> None:
-    for key, section in loaded.recipe.kernels.items():
-        line = loaded.kernel_lines[key]
-        tree = _tree_node(graph, line.name, section.source or line.source,
-                          section.patches or line.patches)
-        files: dict[str, Path] = {}
-        for i, frag in enumerate(section.fragments):
-            files[f"fragment{i}"] = frag if isinstance(frag, Path) else line.fragments[frag]
-        if section.base_config is not None:
-            files["baseconfig"] = section.base_config
-        graph.add(Node(
-            name=f"kernel:{key}", stage="kernel", inputs={"tree": tree.name},
-            options={"base": section.base, "package": section.package}, files=files))
-
-
-def _describe(spec: SourceSpec) -> str:
-    """A short human description of a source, used in package versions and manifests."""
-    data = spec.model_dump(mode="json", exclude_none=True)
-    for kind in ("apt", "deb", "url"):
-        if kind in data:
-            return f"{kind}:{data[kind]}"
-    return f"path:{Path(str(data.get('path', ''))).name}"
-
-
-#: the planners of each recipe section, in order (later issues add images, iso, ...)
-def _plan_images(graph: Graph, loaded: LoadedRecipe) -> None:
-    from xenforge.plan.images import plan_images
-
-    plan_images(graph, loaded)
-
-
-SECTION_PLANNERS = (_plan_hypervisor, _plan_kernels, _plan_images)
-
-
-def plan(loaded: LoadedRecipe) -> Graph:
-    graph = Graph(recipe=loaded.name)
-    for planner in SECTION_PLANNERS:
-        planner(graph, loaded)
-    compute_ids(graph)
-    return graph
 
 
 def explain_change(node: Node, previous: dict[str, Any] | None) -> str:
@@ -227,16 +190,23 @@ def explain_change(node: Node, previous: dict[str, Any] | None) -> str:
     if previous is None:
         return "never built"
     old = previous.get("key", {})
+    if not isinstance(old, dict):
+        old = {}
     new = node.key()
     reasons = []
     if old.get("version") != new["version"]:
         reasons.append(f"stage version {old.get('version')} -> {new['version']}")
     old_opts, new_opts = old.get("options", {}), new["options"]
-    changed = sorted(k for k in {*old_opts, *new_opts} if old_opts.get(k) != new_opts.get(k))
-    if changed:
-        reasons.append("options changed: " + ", ".join(changed))
+    if isinstance(old_opts, dict):
+        changed = sorted(k for k in {*old_opts, *new_opts} if old_opts.get(k) != new_opts.get(k))
+        if changed:
+            reasons.append("options changed: " + ", ".join(changed))
+    old_env, new_env = old.get("env") or {}, new.get("env") or {}
+    for k in sorted({*old_env, *new_env}):
+        if old_env.get(k) != new_env.get(k):
+            reasons.append(f"build {k} {old_env.get(k)} -> {new_env.get(k)}")
     for kind, label_word in (("files", "file"), ("inputs", "input")):
-        o, n = old.get(kind, {}), new[kind]
+        o, n = old.get(kind) or {}, new[kind]
         for label in sorted({*o, *n}):
             if o.get(label) != n.get(label):
                 reasons.append(f"{label_word} {label} changed")

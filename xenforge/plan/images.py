@@ -1,115 +1,136 @@
-"""Planning of the ``images:`` and ``guests:`` sections: one ``apt-repo`` and one ``image``
-node per image, plus the nodes of every guest recipe a dom0 image carries.
-
-Meant to run after the hypervisor and kernel planners (it consumes their ``xen-debs`` and
-``kernel:<key>`` nodes); :data:`xenforge.plan.SECTION_PLANNERS` lists it last.
+"""The ``images:`` and ``guests:`` sections.
 
 Nodes per image ``NAME``::
 
-    apt-repo:NAME   inputs deb0.. = xen-debs (dom0 images), kernel:<images.NAME.kernel>
-    image:NAME      inputs repo = apt-repo:NAME, guest0.. = the guests' image nodes
+    apt-repo:NAME   inputs debs = [xen-debs (dom0 images), kernel:<images.NAME.kernel>]
+    rootfs:NAME     inputs repo = apt-repo:NAME (late: the rootfs builds while it compiles)
                     files  elements = image_elements/
-                    options: the image section, the hypervisor's and kernel's cmdline,
-                    the guests' xl settings (dom0 images)
+    image:NAME      (dom0 images) the ``disk`` stage: inputs rootfs = rootfs:NAME,
+                    guests = [the rootfs node of each guests[] entry]; options: size,
+                    formats, firmware, the Xen and dom0 command lines, the guests' settings
 
-A guest recipe is planned on its own and merged in: a node with the same id as one already
-in the graph (the same kernel built for host and guest) is shared; a different node whose
-name is taken is renamed ``NAME@GUEST``.
+A guest's disk is its guest recipe's ``rootfs`` node, used directly. Several ``guests:``
+entries may name one guest recipe: it is planned once (its rootfs built once) and each guest
+gets its own copy of the disk in the dom0 image. A guest recipe's nodes that equal the
+host's (the same kernel) are shared; one that differs under a taken name is renamed
+(``NAME-2``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
+from xenforge import defaults
 from xenforge.core.data import data_dir
+from xenforge.plan.graph import BuildEnv, Graph, Node
+from xenforge.plan.kernels import plan_kernels
+from xenforge.recipe.load import LoadedRecipe
 from xenforge.recipe.model import GuestSection, ImageSection
 
-if TYPE_CHECKING:
-    from xenforge.plan.graph import Graph
-    from xenforge.recipe.load import LoadedRecipe
 
-#: xenforge's own diskimage-builder elements
-IMAGE_ELEMENTS = data_dir("image_elements")
-DEFAULT_KERNEL_CMDLINE = "console=hvc0"
-
-
-def plan_images(graph: Graph, loaded: LoadedRecipe) -> None:
-    from xenforge.plan.graph import Node
-
+def plan_images(graph: Graph, loaded: LoadedRecipe, env: BuildEnv,
+                kernels: dict[str, str]) -> dict[str, str]:
+    """Plan the recipe's images (and its guests'); returns image key -> its final node."""
     r = loaded.recipe
-    if not r.images:
-        return
-    guests: list[tuple[GuestSection, str]] = []
-    if any(img.role == "dom0" for img in r.images.values()):
-        for g in r.guests:
-            sub = loaded.guests.get(g.name)
-            if sub is not None:  # the loader reported a broken guest recipe already
-                guests.append((g, _merge_guest(graph, sub, g.name)))
+    finals: dict[str, str] = {}
+    guest_disks = _plan_guests(graph, loaded, env) if any(
+        img.role == "dom0" for img in r.images.values()) else []
     for key, img in r.images.items():
-        inputs: dict[str, str] = {}
-        debs = _debs(graph, loaded, img)
-        if debs:
-            repo = graph.add(Node(name=f"apt-repo:{key}", stage="apt-repo",
-                                  inputs={f"deb{i}": d for i, d in enumerate(debs)}))
-            inputs["repo"] = repo.name
-        options = image_options(loaded, key, img)
-        if img.role == "dom0":
-            options["guests"] = [
-                {"name": g.name, "type": g.type, "memory": g.memory, "vcpus": g.vcpus,
-                 "autostart": g.autostart, "bridge": g.bridge,
-                 "tsc_mode": g.tsc_mode, "hap": g.hap} for g, _ in guests]
-            inputs.update({f"guest{i}": node for i, (_, node) in enumerate(guests)})
-        graph.add(Node(name=f"image:{key}", stage="image", inputs=inputs, options=options,
-                       files={"elements": IMAGE_ELEMENTS}))
+        rootfs = _rootfs(graph, loaded, env, kernels, key, img)
+        if img.role == "guest":
+            finals[key] = rootfs.name
+            continue
+        guests = [(g, disk, cmdline) for g, disk, cmdline in guest_disks]
+        disk = graph.add_shared(Node(
+            name=f"image:{key}", stage="disk", env=env,
+            inputs={"rootfs": rootfs.name, "guests": [disk for _, disk, _ in guests]},
+            options=disk_options(loaded, key, img,
+                                 [_guest(g, img, cmdline) for g, _, cmdline in guests])))
+        finals[key] = disk.name
+    return finals
 
 
-def image_options(loaded: LoadedRecipe, key: str, img: ImageSection) -> dict[str, Any]:
-    r = loaded.recipe
-    kernel = r.kernels.get(img.kernel) if img.kernel else None
-    options: dict[str, Any] = {
-        "name": key, "role": img.role, "release": img.distro.release,
-        "mirror": img.distro.mirror, "security_mirror": img.distro.security_mirror,
-        "elements": list(img.elements), "packages": list(img.packages), "size": img.size,
-        "formats": list(img.formats), "firmware": list(img.firmware), "access": img.access,
-        "kernel_cmdline": (kernel.cmdline if kernel and kernel.cmdline
-                           else DEFAULT_KERNEL_CMDLINE),
-        "hostname": key,
-    }
-    if img.role == "dom0" and r.hypervisor is not None:
-        options["xen_cmdline"] = r.hypervisor.cmdline
-    return options
-
-
-def _debs(graph: Graph, loaded: LoadedRecipe, img: ImageSection) -> list[str]:
-    r = loaded.recipe
+def _rootfs(graph: Graph, loaded: LoadedRecipe, env: BuildEnv, kernels: dict[str, str],
+            key: str, img: ImageSection) -> Node:
     debs = []
     if img.role == "dom0" and "xen-debs" in graph.nodes:
         debs.append("xen-debs")
-    if img.kernel is not None:
-        section = r.kernels.get(img.kernel)
-        if section is not None and section.package and f"kernel:{img.kernel}" in graph.nodes:
-            debs.append(f"kernel:{img.kernel}")
-    return debs
+    if img.kernel is not None and img.kernel in kernels:
+        section = loaded.recipe.kernels[img.kernel]
+        if section.package:
+            debs.append(kernels[img.kernel])
+    inputs: dict[str, str | list[str]] = {}
+    if debs:
+        repo = graph.add_shared(Node(name=f"apt-repo:{key}", stage="apt-repo", env=env,
+                                     inputs={"debs": debs}))
+        inputs["repo"] = repo.name
+    return graph.add_shared(Node(
+        name=f"rootfs:{key}", stage="rootfs", env=env, inputs=inputs,
+        options=rootfs_options(key, img, env), files={"elements": data_dir("image_elements")},
+        export=img.role == "guest"))
 
 
-def _merge_guest(graph: Graph, sub: LoadedRecipe, guest: str) -> str:
-    """Plan a guest recipe and merge its nodes; return the name of its guest image node."""
-    from xenforge.plan.graph import compute_ids, plan
+def rootfs_options(key: str, img: ImageSection, env: BuildEnv) -> dict[str, Any]:
+    return {
+        "name": key, "role": img.role, "release": env.release,
+        "mirror": img.distro.mirror, "security_mirror": img.distro.security_mirror,
+        "elements": list(img.elements), "packages": list(img.packages),
+        # a guest's filesystem is its disk; a dom0's grows into the disk the disk stage makes
+        "size": img.size if img.role == "guest" else None,
+        "access": img.access, "access_user": defaults.ACCESS_USER, "bridge": img.bridge,
+        "hostname": key,
+    }
 
-    subgraph = plan(sub)
-    compute_ids(graph)
-    by_id = {n.id: n.name for n in graph.nodes.values()}
-    renamed: dict[str, str] = {}
-    for original, node in list(subgraph.nodes.items()):
-        node.inputs = {label: renamed[dep] for label, dep in node.inputs.items()}
-        if node.id in by_id:  # the same work is already planned: share it
-            renamed[original] = by_id[node.id]
+
+def disk_options(loaded: LoadedRecipe, key: str, img: ImageSection,
+                 guests: list[dict[str, Any]]) -> dict[str, Any]:
+    r = loaded.recipe
+    kernel = r.kernels.get(img.kernel) if img.kernel else None
+    return {
+        "name": key, "size": img.size, "formats": list(img.formats),
+        "firmware": list(img.firmware), "esp_size": defaults.ESP_MIB,
+        "xen_cmdline": r.hypervisor.cmdline if r.hypervisor else defaults.XEN_CMDLINE,
+        "kernel_cmdline": (kernel.cmdline if kernel and kernel.cmdline is not None
+                           else defaults.DOM0_KERNEL_CMDLINE),
+        "linux_cmdline": defaults.LINUX_CMDLINE, "grub_timeout": defaults.GRUB_TIMEOUT,
+        "guests": guests, "qcow2_compress": img.compress,
+    }
+
+
+def _guest(g: GuestSection, host: ImageSection, cmdline: str) -> dict[str, Any]:
+    return {"name": g.name, "type": g.type, "memory": g.memory, "vcpus": g.vcpus,
+            "autostart": g.autostart, "bridge": g.bridge or host.bridge,
+            "hostname": g.hostname or g.name, "cmdline": cmdline,
+            "tsc_mode": g.tsc_mode, "hap": g.hap}
+
+
+def _plan_guests(graph: Graph, loaded: LoadedRecipe, env: BuildEnv
+                 ) -> list[tuple[GuestSection, str, str]]:
+    """Each guests[] entry with the rootfs node of its disk and its kernel command line;
+    a guest recipe named by several entries is planned once."""
+    planned: dict[Path, tuple[str, str]] = {}
+    out = []
+    for g in loaded.recipe.guests:
+        sub = loaded.guests.get(g.name)
+        if sub is None:  # the loader reported a broken guest recipe already
             continue
-        if original in graph.nodes:
-            node.name = f"{original}@{guest}"
-        graph.add(node)
-        by_id[node.id] = renamed[original] = node.name
-    images = [k for k, img in sub.recipe.images.items() if img.role == "guest"]
+        if sub.file not in planned:
+            planned[sub.file] = _plan_guest_recipe(graph, sub, env)
+        disk, cmdline = planned[sub.file]
+        out.append((g, disk, cmdline))
+    return out
+
+
+def _plan_guest_recipe(graph: Graph, sub: LoadedRecipe, env: BuildEnv) -> tuple[str, str]:
+    """Plan a guest recipe into the host's graph: (its guest rootfs node, kernel cmdline)."""
+    kernels = plan_kernels(graph, sub, env)
+    finals = plan_images(graph, sub, env, kernels)
+    images = [(k, img) for k, img in sub.recipe.images.items() if img.role == "guest"]
     if not images:  # the loader's checks reject this; keep the planner total anyway
         raise ValueError(f"guest recipe {sub.file} has no image with role guest")
-    return renamed[f"image:{images[0]}"]
+    key, img = images[0]
+    kernel = sub.recipe.kernels.get(img.kernel) if img.kernel else None
+    cmdline = kernel.cmdline if kernel and kernel.cmdline is not None \
+        else defaults.GUEST_KERNEL_CMDLINE
+    return finals[key], cmdline

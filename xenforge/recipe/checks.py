@@ -64,7 +64,13 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
         if sub is not None and not any(im.role == "guest" for im in sub.recipe.images.values()):
             add(("guests", i, "recipe"), f"{g.recipe.name} has no image with role: guest",
                 "a guest recipe needs `images: {NAME: {role: guest, kernel: ...}}`")
-    if r.guests and not any(im.role == "dom0" for im in r.images.values()):
+    dom0 = next((im for im in r.images.values() if im.role == "dom0"), None)
+    for i, g in enumerate(r.guests):
+        if dom0 is not None and g.bridge is not None and g.bridge != dom0.bridge:
+            add(("guests", i, "bridge"), f"the dom0 image has no bridge {g.bridge!r}",
+                f"its bridge is {dom0.bridge!r} (images.NAME.bridge); leave guests[{i}].bridge "
+                "out to use it")
+    if r.guests and dom0 is None:
         add(("guests",), "guests need a dom0 image to live in",
             "add an image with `role: dom0`")
 

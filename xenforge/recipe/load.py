@@ -241,10 +241,10 @@ def _load_spec(model: type[M], file: Path, problems: list[Problem]) -> M | None:
     return validate_model(model, data, origins, file, problems)
 
 
-def load_recipe(file: Path, *, _stack: tuple[Path, ...] = ()) -> LoadedRecipe:
+def load_recipe(file: Path) -> LoadedRecipe:
     """Load and validate a recipe with everything it refers to; raise ValidationFailed."""
     problems: list[Problem] = []
-    loaded = _load(file, problems, _stack)
+    loaded = _load(file, problems, (), {})
     if problems or loaded is None:
         raise ValidationFailed(_tidy(problems))
     return loaded
@@ -266,7 +266,10 @@ def _tidy(problems: list[Problem]) -> list[Problem]:
     return sorted(unique, key=lambda p: (files[p.file], p.line or 0))
 
 
-def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...]) -> LoadedRecipe | None:
+def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...],
+          guests: dict[Path, LoadedRecipe | None]) -> LoadedRecipe | None:
+    """Load ``file``; ``guests`` holds the guest recipes loaded so far (each file is loaded
+    once, however many guests share it)."""
     from xenforge.recipe.checks import check_recipe  # cross-field rules
 
     file = file.resolve()
@@ -304,7 +307,10 @@ def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...]) -> Loade
                                     f"guests[{i}].recipe", "a guest recipe refers back to "
                                     "its host", "a guest recipe must not list guests"))
             continue
-        sub = _load(g.recipe, problems, (*stack, file))
+        target = g.recipe.resolve()
+        if target not in guests:
+            guests[target] = _load(g.recipe, problems, (*stack, file), guests)
+        sub = guests[target]
         if sub is not None:
             loaded.guests[g.name] = sub
     problems.extend(check_recipe(loaded, origins))

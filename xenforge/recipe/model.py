@@ -6,14 +6,19 @@ from typing import Literal
 
 from pydantic import Field
 
+from xenforge import defaults
+from xenforge.lib.xl import TscMode
 from xenforge.recipe.types import (
+    BridgeName,
+    CmdLine,
     DirPath,
     FilePath,
     FragmentRef,
+    HostName,
+    Maintainer,
     Model,
     Name,
     SizeMiB,
-    TscMode,
     UnitName,
 )
 from xenforge.sources.specs import SourceSpec
@@ -53,8 +58,8 @@ class HypervisorSection(Model):
     toolstack: bool = Field(True, description="build xl/libxl/xenstored")
     packages: bool = Field(True, description="package hypervisor and toolstack as .debs")
     debug: bool = Field(False, description="a debug hypervisor (CONFIG_DEBUG)")
-    cmdline: str = Field("console=com1 com1=115200 dom0_mem=1024M,max:1024M",
-                         description="Xen command line used by images")
+    cmdline: CmdLine = Field(defaults.XEN_CMDLINE,
+                             description="Xen's command line in dom0 images (dom0_mem ...)")
 
 
 class KernelSection(Model):
@@ -67,14 +72,15 @@ class KernelSection(Model):
     patches: DirPath | None = Field(None, description="replace the line's patch series")
     source: SourceSpec | None = Field(None, description="replace the line's pinned source")
     package: bool = Field(True, description="build a linux-image .deb")
-    cmdline: str = Field("", description="kernel command line used by images")
+    cmdline: CmdLine | None = Field(None, description="the kernel's command line in images "
+                                    "(default: console=hvc0)")
 
 
 class Distro(Model):
     name: Literal["debian"] = "debian"
     release: Literal["bookworm"] = "bookworm"
-    mirror: str = "http://deb.debian.org/debian"
-    security_mirror: str = "http://deb.debian.org/debian-security"
+    mirror: str = defaults.DEBIAN_MIRROR
+    security_mirror: str = defaults.DEBIAN_SECURITY_MIRROR
 
 
 class ImageSection(Model):
@@ -84,20 +90,28 @@ class ImageSection(Model):
     elements: list[str] = Field(default_factory=list,
                                 description="extra diskimage-builder elements")
     packages: list[str] = Field(default_factory=list, description="extra Debian packages")
-    size: SizeMiB = Field(4096, description="disk size, e.g. 4G")
+    size: SizeMiB = Field(4096, description="a dom0's disk size, a guest's filesystem size "
+                          "(its disk), e.g. 4G")
     formats: list[Format] = Field(default_factory=_formats, min_length=1)
     firmware: list[Firmware] = Field(default_factory=_bios, min_length=1)
     access: bool = Field(False, description="add an SSH access user with a per-build key")
+    compress: bool = Field(True, description="compress the qcow2 image (smaller, slower "
+                           "to make)")
+    bridge: BridgeName = Field(defaults.BRIDGE, description="dom0: the bridge for guests "
+                               "(systemd-networkd; every ethernet port joins it)")
 
 
 class GuestSection(Model):
     name: Name
-    recipe: FilePath = Field(description="the guest's recipe, e.g. guest-pvh.yaml")
+    recipe: FilePath = Field(description="the guest's recipe (its disk), e.g. guest.yaml; "
+                             "several guests may share one")
     type: Literal["pv", "pvh"]
     memory: int = Field(512, ge=64, le=65536, description="MiB")
     vcpus: int = Field(1, ge=1, le=64)
     autostart: bool = False
-    bridge: str = "xenbr0"
+    hostname: HostName | None = Field(None, description="default: the guest's name")
+    bridge: BridgeName | None = Field(None, description="the dom0 image's bridge (the "
+                                      "default); another name is an error")
     tsc_mode: TscMode = Field(
         "default", description="xl's tsc_mode; `native` for PVH guests under QEMU's TCG, "
         "whose emulated RDTSCP Xen cannot handle")
@@ -134,6 +148,11 @@ class Recipe(Model):
     schema_: Literal[1] = Field(alias="schema", description="recipe format version")
     name: Name | None = Field(None, description="defaults to the file name")
     description: str = ""
+    maintainer: Maintainer = Field(defaults.MAINTAINER,
+                                   description="Maintainer of every .deb the build makes")
+    epoch: int | None = Field(None, ge=0, lt=2**32, description="SOURCE_DATE_EPOCH of the "
+                              "build (default: the newest `released` date of its pinned "
+                              "sources)")
     extends: list[FilePath] = Field(default_factory=list,
                                     description="recipes merged under this one, in order")
     hypervisor: HypervisorSection | None = None

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from xenforge.recipe.types import DirPath, FilePath, Model, Name
+from xenforge.recipe.types import DirPath, FilePath, Model, Name, Released
 from xenforge.sources.specs import SourceSpec
 
 
@@ -25,6 +25,8 @@ class HypervisorSpec(Model):
     source: SourceSpec
     patches: DirPath | None = Field(None, description="folder with a quilt `series`")
     config: list[FilePath] = Field(default_factory=list, description="Kconfig fragments")
+    released: Released | None = Field(None, description="date of the pinned source (its "
+                                      "Debian changelog entry): the build's SOURCE_DATE_EPOCH")
     toolstack: ToolstackSpec = Field(default_factory=ToolstackSpec)
 
 
@@ -37,3 +39,5 @@ class KernelLine(Model):
     patches: DirPath | None = Field(None, description="folder with a quilt `series`")
     fragments: dict[Name, FilePath] = Field(default_factory=dict,
                                             description="named Kconfig fragments")
+    released: Released | None = Field(None, description="date of the pinned source (its "
+                                      "Debian changelog entry): the build's SOURCE_DATE_EPOCH")

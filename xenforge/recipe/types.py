@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -16,6 +17,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from xenforge.lib.xl import UNSAFE_CMDLINE_CHARS
 from xenforge.recipe.yamlload import Located
 
 
@@ -86,5 +88,61 @@ def fragment_ref(value: Any) -> Any:
 
 FragmentRef = Annotated[Path | str, BeforeValidator(fragment_ref)]
 
-#: xl's tsc_mode of a guest (a recipe's guests entry, the image stage's xl config)
-TscMode = Literal["default", "native", "always_emulate", "native_paravirt"]
+
+def _cmdline(value: Any) -> Any:
+    if isinstance(value, str):
+        bad = sorted({c for c in value if c in UNSAFE_CMDLINE_CHARS or not c.isprintable()})
+        if bad:
+            shown = " ".join("newline" if c == "\n" else repr(c) for c in bad)
+            raise ValueError(f"a command line may not contain {shown} (it is written into "
+                             "boot menus and xl configs)")
+    return value
+
+
+#: a kernel or Xen command line: printable, no quotes, backslashes or $
+CmdLine = Annotated[str, AfterValidator(_cmdline), StringConstraints(max_length=1024)]
+#: a network bridge name (Linux: at most 15 characters)
+BridgeName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_.-]{1,15}$")]
+#: a host name (one DNS label or more, lower case)
+HostName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+                                                    r"(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$",
+                                            max_length=63)]
+_MAINTAINER = re.compile(r"^[^<>\n\"]+ <[^<>@\s]+@([^<>@\s]+\.[^<>@\s]+)>$")
+#: mail domains lintian calls bogus (bogus-mail-host)
+_BOGUS_HOSTS = ("localhost", "localdomain", "invalid", "local")
+
+
+def _maintainer(value: Any) -> Any:
+    if isinstance(value, str):
+        m = _MAINTAINER.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not 'Name <address@domain>'")
+        if any(part in _BOGUS_HOSTS for part in m.group(1).lower().split(".")):
+            raise ValueError(f"{m.group(1)} is not a real mail domain (lintian: "
+                             "bogus-mail-host); use your own domain")
+    return value
+
+
+#: a package maintainer, "Name <address@domain>" (lintian: a real domain, not localhost)
+Maintainer = Annotated[str, AfterValidator(_maintainer)]
+
+
+def _released(value: Any) -> Any:
+    """A date (YAML gives datetime.date for 2024-05-01) or a timestamp -> epoch seconds."""
+    if isinstance(value, datetime.datetime):
+        return int(value.replace(tzinfo=value.tzinfo or datetime.UTC).timestamp())
+    if isinstance(value, datetime.date):
+        return int(datetime.datetime(value.year, value.month, value.day,
+                                     tzinfo=datetime.UTC).timestamp())
+    if isinstance(value, str):
+        try:
+            return _released(datetime.datetime.fromisoformat(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date; write it like 2025-07-31") from None
+    return value
+
+
+#: when a pinned source was released: a date (2025-07-31) or an ISO timestamp, as epoch
+#: seconds (UTC)
+Released = Annotated[int, BeforeValidator(_released), WithJsonSchema({
+    "type": "string", "format": "date", "description": "a date such as 2025-07-31"})]

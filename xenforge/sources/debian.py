@@ -19,60 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from xenforge.core import run as runner
 from xenforge.core.errors import CommandFailed, SourceError
+from xenforge.core.files import note
 from xenforge.core.hashing import sha256_file, sha256_json
-from xenforge.sources.download import Store, note
+from xenforge.lib.deb822 import checksums_sha256, parse_deb822
+from xenforge.sources.download import DownloadStore
 
 if TYPE_CHECKING:
     from xenforge.sources.specs import AptSource, DebSource
 
 APT_TIMEOUT = 3600.0
 _APT_OPTS = ["-q", "-o", "Acquire::Retries=3"]
-
-
-# ---------------------------------------------------------------------------------------------
-# deb822 (the format of .dsc files and of apt-cache's output)
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_deb822(text: str) -> list[dict[str, str]]:
-    """Stanzas of ``Field: value`` lines; continuation lines are kept (joined by newlines).
-
-    An OpenPGP clear-signature wrapper (as around a .dsc) is dropped.
-    """
-    lines = text.splitlines()
-    if lines and lines[0].startswith("-----BEGIN PGP SIGNED MESSAGE-----"):
-        body_start = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
-        lines = lines[body_start + 1:]
-        end = next((i for i, line in enumerate(lines)
-                    if line.startswith("-----BEGIN PGP SIGNATURE-----")), len(lines))
-        lines = lines[:end]
-    stanzas: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    last = ""
-    for line in lines:
-        if not line.strip():
-            if current:
-                stanzas.append(current)
-            current, last = {}, ""
-        elif line[0] in " \t" and last:
-            current[last] += "\n" + line.strip()
-        elif ":" in line:
-            key, value = line.split(":", 1)
-            last = key.strip()
-            current[last] = value.strip()
-    if current:
-        stanzas.append(current)
-    return stanzas
-
-
-def checksums_sha256(stanza: dict[str, str]) -> dict[str, tuple[str, int]]:
-    """``Checksums-Sha256`` as {file name: (sha256, size)}."""
-    out: dict[str, tuple[str, int]] = {}
-    for line in stanza.get("Checksums-Sha256", "").splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1].isdigit():
-            out[parts[2]] = (parts[0], int(parts[1]))
-    return out
 
 
 def _apt_versions(name: str, kind: str) -> list[str]:
@@ -117,7 +73,7 @@ def _mismatch(what: str, expected: str, actual: str, field: str) -> SourceError:
 # ---------------------------------------------------------------------------------------------
 
 
-def fetch_apt(spec: AptSource, dest: Path, store: Store, log: Path) -> dict[str, Any]:
+def fetch_apt(spec: AptSource, dest: Path, store: DownloadStore, log: Path) -> dict[str, Any]:
     key = sha256_json({"kind": "apt", "apt": spec.apt})
     rec = store.read_index(key)
     if rec is not None and all(store.has(f["sha256"]) for f in rec.get("files", [])):
@@ -148,7 +104,7 @@ def primary_of(names: list[str], dsc: str) -> str:
     return native[0] if native else dsc
 
 
-def _download_source(spec: AptSource, store: Store, log: Path) -> dict[str, Any]:
+def _download_source(spec: AptSource, store: DownloadStore, log: Path) -> dict[str, Any]:
     name, version = spec.package, spec.version
     res = runner.run(["apt-cache", "showsrc", name], capture=True, check=False, log=log)
     stanzas = [s for s in parse_deb822(res.stdout) if s.get("Version") == version]
@@ -204,7 +160,7 @@ def _download_source(spec: AptSource, store: Store, log: Path) -> dict[str, Any]
 # ---------------------------------------------------------------------------------------------
 
 
-def fetch_deb(spec: DebSource, dest: Path, store: Store, log: Path) -> dict[str, Any]:
+def fetch_deb(spec: DebSource, dest: Path, store: DownloadStore, log: Path) -> dict[str, Any]:
     key = sha256_json({"kind": "deb", "deb": spec.deb, "member": spec.member})
     rec = store.read_index(key)
     if rec is not None and store.has(str(rec.get("sha256"))):
@@ -223,7 +179,7 @@ def fetch_deb(spec: DebSource, dest: Path, store: Store, log: Path) -> dict[str,
             "deb_sha256": rec["deb_sha256"], "files": [{"name": name, "sha256": rec["sha256"]}]}
 
 
-def _download_member(spec: DebSource, store: Store, log: Path) -> dict[str, Any]:
+def _download_member(spec: DebSource, store: DownloadStore, log: Path) -> dict[str, Any]:
     name, version = spec.package, spec.version
     res = runner.run(["apt-cache", "show", spec.deb], capture=True, check=False, log=log)
     known = {s["SHA256"] for s in parse_deb822(res.stdout)

@@ -23,6 +23,7 @@ import urllib3.exceptions
 
 from xenforge.core import run as runner
 from xenforge.core.errors import SourceError
+from xenforge.core.files import note, write_json_atomic
 from xenforge.core.hashing import CHUNK
 
 STALE_SECONDS = 24 * 3600
@@ -32,7 +33,7 @@ CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 60.0
 
 
-class Store:
+class DownloadStore:
     """``<root>/sha256/<hash>``: verified blobs; ``<root>/index/<key>.json``: what a pinned
     Debian package resolved to. Temp names start with a dot and are never read."""
 
@@ -107,19 +108,6 @@ class Store:
                 pass
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def note(log: Path, text: str) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(f"[xenforge] {text}\n")
-
-
 class _Retry(Exception):
     """A failure worth another try; ``final`` is raised instead if no try is left."""
 
@@ -128,7 +116,7 @@ class _Retry(Exception):
         self.final = final
 
 
-def download(url: str, sha256: str, store: Store, log: Path, *, tries: int = TRIES,
+def download(url: str, sha256: str, store: DownloadStore, log: Path, *, tries: int = TRIES,
              backoff: float = BACKOFF) -> None:
     """Download ``url`` into the store as ``sha256/<sha256>``, verified; SourceError if not.
 
@@ -156,7 +144,7 @@ def download(url: str, sha256: str, store: Store, log: Path, *, tries: int = TRI
                            "again to retry")
 
 
-def _download_once(url: str, sha256: str, store: Store, log: Path) -> None:
+def _download_once(url: str, sha256: str, store: DownloadStore, log: Path) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=".part-", dir=store.root)
     tmp = Path(tmp_name)
     try:

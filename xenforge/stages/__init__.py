@@ -15,7 +15,8 @@ REGISTRY: dict[str, str] = {
     "xen-debs": "xenforge.stages.xen_debs:XenDebsStage",
     "kernel": "xenforge.stages.kernel:KernelStage",
     "apt-repo": "xenforge.stages.apt_repo:AptRepoStage",
-    "image": "xenforge.stages.image:ImageStage",
+    "rootfs": "xenforge.stages.rootfs:RootfsStage",
+    "disk": "xenforge.stages.disk:DiskStage",
 }
 
 

@@ -1,6 +1,6 @@
 """The ``apt-repo`` stage: a local APT repository of the packages other stages built.
 
-Inputs: ``deb0``, ``deb1``, ... - nodes whose output holds ``*.deb`` files (xen-debs, kernel).
+Inputs: ``debs`` - a list of nodes whose output holds ``*.deb`` files (xen-debs, kernel).
 Output ``repo/``: a flat repository (``deb [trusted=yes] file:<dir> ./``) with the ``.deb``
 files (hard links to the inputs' files where possible), ``Packages``, ``Packages.gz`` and a
 ``Release`` whose ``Origin`` lets images pin it; and ``repo.json`` listing every package
@@ -72,10 +72,11 @@ class AptRepoStage(Stage):
         repo.mkdir(parents=True)
         packages: list[dict[str, Any]] = []
         seen: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for label in sorted(ctx.inputs, key=_label_order):
-            debs = sorted(ctx.inputs[label].rglob("*.deb"))
+        for i, source in enumerate(ctx.input_list("debs")):
+            label = f"debs[{i}]"
+            debs = sorted(source.rglob("*.deb"))
             if not debs:
-                raise StageFailed(ctx.node, f"input {label} ({ctx.inputs[label]}) has no .deb "
+                raise StageFailed(ctx.node, f"input {label} ({source}) has no .deb "
                                   "files", log=ctx.log,
                                   hint="inputs of apt-repo must be package-producing nodes")
             for deb in debs:
@@ -111,15 +112,9 @@ class AptRepoStage(Stage):
         (repo / "Packages").write_bytes(index)
         gz = gzip.compress(index, mtime=0)
         (repo / "Packages.gz").write_bytes(gz)
-        epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000"))
         (repo / "Release").write_text(
-            release_text({"Packages": index, "Packages.gz": gz}, opts.origin, epoch))
+            release_text({"Packages": index, "Packages.gz": gz}, opts.origin, ctx.epoch))
         (ctx.out / "repo.json").write_text(json.dumps(
             {"origin": opts.origin, "packages": packages}, indent=2, sort_keys=True))
         ctx.note("apt-repo: " + ", ".join(f"{p['name']}={p['version']}" for p in packages))
 
-
-def _label_order(label: str) -> tuple[str, int]:
-    head = label.rstrip("0123456789")
-    tail = label[len(head):]
-    return head, int(tail) if tail else -1

@@ -1,8 +1,8 @@
 """The ``hypervisor`` stage: configure and build the Xen hypervisor from a patched tree.
 
 Inputs: ``tree`` (a tree node: ``tree/`` is the patched Xen source, read only).
-Files: ``config0``, ``config1``, ... (Kconfig fragments, merged in that order over the
-x86_64 defconfig; any label starting with ``config`` is taken).
+Files: ``config`` (a list of Kconfig fragments, merged in that order over the x86_64
+defconfig).
 Options: ``version`` (the spec's, checked against the tree), ``build_id`` (default: the
 first 12 hex digits of the node id) and ``debug``.
 
@@ -22,29 +22,30 @@ The build identifier reaches the binary through ``XEN_BUILD_TAG`` (our patch
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
 from xenforge.core.errors import InputError
+from xenforge.core.files import write_json_atomic
 from xenforge.lib import kconfig
+from xenforge.lib.kconfig_index import KconfigIndex, check_survived
 from xenforge.stages.base import Stage, StageContext, StageOptions
 from xenforge.stages.xen_common import (
     build_date,
     build_env,
     check_version,
     private_copy,
-    write_json,
     xen_tree,
 )
 
 #: XENVER_extraversion is a char[16]: the extra version and its NUL must fit
 EXTRAVERSION_MAX = 15
+#: ``$(VAR)`` values Xen's Kconfig files use in ``source`` lines, for x86_64
+KCONFIG_ENV = {"SRCARCH": "x86", "ARCH": "x86_64"}
 BUILD_ID_RE = r"^[A-Za-z0-9._~-]*$"
 
 
@@ -55,19 +56,6 @@ class HypervisorOptions(StageOptions):
         "", max_length=12, pattern=BUILD_ID_RE,
         description="identifier compiled into the hypervisor's version ('': node id[:12])")
     debug: bool = Field(False, description="a debug hypervisor (CONFIG_DEBUG=y)")
-
-
-def config_labels(files: Mapping[str, Path]) -> list[str]:
-    """File labels of Kconfig fragments (``config``, ``config0``, ``config1``, ...) in merge
-    order: ``config`` first, then by number, then any other ``config*`` label by name."""
-
-    def key(label: str) -> tuple[int, int, str]:
-        rest = label[len("config"):]
-        if not rest:
-            return (0, 0, label)
-        return (1, int(rest), label) if rest.isdigit() else (2, 0, label)
-
-    return sorted((k for k in files if k.startswith("config")), key=key)
 
 
 class HypervisorStage(Stage):
@@ -94,7 +82,7 @@ class HypervisorStage(Stage):
         src = private_copy(ctx, tree)
         xen = src / "xen"
         env = build_env(ctx, ccache_in_path=False)
-        date, clock = build_date(int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000")))
+        date, clock = build_date(ctx.epoch)
         tag_var = "XEN_BUILD_TAG"
         if "XEN_BUILD_TAG" not in (xen / "Makefile").read_text(encoding="utf-8"):
             ctx.note("the tree lacks the XEN_BUILD_TAG patch: using XEN_VENDORVERSION")
@@ -112,7 +100,7 @@ class HypervisorStage(Stage):
         kconfig.apply_to_config(xen / ".config", requested)
         ctx.run([*make, "olddefconfig"], env=env)
         final = kconfig.read_config(xen / ".config")
-        self._check(xen, requested, final)
+        check_survived(requested, final, lambda: KconfigIndex.load(xen, env=KCONFIG_ENV))
 
         ctx.note(f"building Xen {version} with build id {build_id}")
         ctx.run(make, env=env)
@@ -125,7 +113,7 @@ class HypervisorStage(Stage):
             shutil.copy2(xen / "xen.efi", ctx.out / "xen.efi")
         else:
             ctx.note("xen.efi was not built (the toolchain cannot make PE binaries)")
-        write_json(ctx.out / "build-info.json", {
+        write_json_atomic(ctx.out / "build-info.json", {
             "version": version,
             "build_id": build_id,
             "extraversion": full_extra,
@@ -139,8 +127,7 @@ class HypervisorStage(Stage):
 
     def _requested(self, ctx: StageContext, opts: HypervisorOptions) -> dict[str, kconfig.Setting]:
         fragments: list[list[kconfig.Setting]] = []
-        for label in config_labels(ctx.files):
-            path = ctx.files[label]
+        for path in ctx.file_list("config"):
             fragments.append(kconfig.parse_fragment(path, display=path.name))
         # the debug option: debug=true wins over every fragment; debug=false is only the
         # starting point, so a fragment may still ask for CONFIG_DEBUG=y
@@ -151,29 +138,11 @@ class HypervisorStage(Stage):
             ctx.note(o.render())
         return requested
 
-    @staticmethod
-    def _check(xen: Path, requested: dict[str, kconfig.Setting],
-               final: dict[str, str]) -> None:
-        problems = kconfig.verify(requested, final)
-        if not problems:
-            return
-        lines = [p.summary() for p in problems]
-        try:
-            from xenforge.lib.kconfig_index import KconfigIndex, explain
-
-            index = KconfigIndex.load(xen, env={"SRCARCH": "x86", "ARCH": "x86_64"})
-            lines = explain(problems, index, final, requested)
-        except Exception:  # the explanation is a bonus; keep the plain list
-            pass
-        raise InputError(
-            f"Kconfig dropped or changed {len(problems)} requested option(s):\n  "
-            + "\n  ".join(lines),
-            hint="fix the fragment: enable the missing dependencies or remove the option")
 
 
 def _applied_patches(ctx: StageContext) -> list[str]:
     """Names of the patches the tree node applied (its ``patches.json``), if it says."""
-    path = ctx.inputs["tree"] / "patches.json"
+    path = ctx.input("tree") / "patches.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

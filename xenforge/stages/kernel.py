@@ -1,8 +1,8 @@
 """The ``kernel`` stage: build a Linux kernel from a patched tree and Kconfig fragments.
 
 Inputs: ``tree`` (a tree node: ``tree/`` holds the unpacked, patched source; read-only).
-Files: ``fragment0``, ``fragment1``, ... (Kconfig fragments, merged in this order) and,
-with ``base: file``, ``baseconfig`` (the starting ``.config``).
+Files: ``fragments`` (a list of Kconfig fragments, merged in this order) and, with
+``base: file``, ``baseconfig`` (the starting ``.config``).
 
 Steps: link-copy the tree into the work dir (hard links, so nothing is unpacked or copied
 and the cached tree is never written) and build out of tree (``O=``); make the base config;
@@ -12,10 +12,10 @@ fragment, the option and the unmet dependency); build ``bzImage`` and modules wi
 install the modules; package with ``make bindeb-pkg``.
 
 Incremental builds (option ``incremental``, on by default): the link copy and kbuild's
-output dir persist in ``<cache>/kbuild/<node>-<key>/`` (one per tree object and kernel), so
-after a fragment change kbuild recompiles only the files that use a changed option; ccache
-covers everything else (a new dir, another kernel). Such a dir is only a speed-up: it may
-be deleted whenever no build holds its lock (``<dir>.lock``).
+output dir persist in the persistent scratch dir ``kbuild`` (``<node>-<key>/``, one per tree
+object and kernel), so after a fragment change kbuild recompiles only the files that use a
+changed option; ccache covers everything else (a new dir, another kernel). Such a dir is
+only a speed-up: it may be deleted whenever no build holds its lock (``<dir>.lock``).
 
 Why a link copy instead of ``make -C <cached tree>``: the compiler sees source paths, and
 ccache keys on them. With the source at ``<work>/src`` and ``CCACHE_BASEDIR=<work>``, every
@@ -38,13 +38,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from xenforge.cache.store import SCRATCH_DIRS
 from xenforge.core.errors import InputError, StageFailed
 from xenforge.core.hashing import sha256_json
-from xenforge.core.run import base_env
 from xenforge.lib import kconfig
 from xenforge.lib.kconfig import Setting
-from xenforge.lib.kconfig_index import KconfigIndex, explain
+from xenforge.lib.kconfig_index import KconfigIndex, check_survived
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 ARCH = "x86_64"
@@ -53,8 +51,8 @@ KCONFIG_ENV = {"SRCARCH": "x86", "ARCH": ARCH, "HEADER_ARCH": "x86"}
 IMAGE = "arch/x86/boot/bzImage"
 STAGE_ORIGIN = "xenforge kernel stage"
 BUILD_ID_SYMBOL = "XENFORGE_BUILD_ID"
-#: persistent build dirs of incremental builds, below the cache root
-KBUILD_DIR = SCRATCH_DIRS[0]  # persistent incremental build dirs, emptied by `cache gc`
+#: the persistent scratch dir of incremental builds (emptied by `cache gc`)
+KBUILD_DIR = "kbuild"
 INCOMPLETE = ".xenforge-incomplete"
 
 
@@ -67,10 +65,13 @@ class KernelOptions(StageOptions):
     incremental: bool = Field(True, description="build in a persistent build dir kept per "
                               "tree and kernel, so that a config change recompiles only "
                               "what it touches (kbuild's own dependency tracking)")
+    maintainer: str = Field(description="Maintainer of the .debs, 'Name <address>' (a real "
+                            "domain: lintian rejects localhost)")
+    distribution: str = Field(description="the .debs' changelog distribution (the target "
+                              "release, e.g. bookworm)")
 
 
-def _timestamp(env: dict[str, str]) -> str:
-    epoch = int(env.get("SOURCE_DATE_EPOCH", "0"))
+def _timestamp(epoch: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
@@ -83,7 +84,7 @@ class KernelStage(Stage):
 
     def run(self, ctx: StageContext) -> None:
         opts: KernelOptions = ctx.options
-        tree = ctx.inputs["tree"] / "tree"
+        tree = ctx.input("tree") / "tree"
         if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
             raise StageFailed(ctx.node, f"{tree} is not a Linux source tree (no Makefile/Kconfig)",
                               log=ctx.log, hint="the kernel stage's `tree` input must be a tree "
@@ -96,7 +97,8 @@ class KernelStage(Stage):
             self._build(ctx, tree, root, fragments, build_id, localversion)
 
     def _build(self, ctx: StageContext, tree: Path, root: Path,
-               fragments: dict[str, list[Setting]], build_id: str, localversion: str) -> None:
+               fragments: list[tuple[Path, list[Setting]]], build_id: str,
+               localversion: str) -> None:
         opts: KernelOptions = ctx.options
         src, build = root / "src", root / "build"
         self._link_tree(ctx, tree, src)
@@ -108,7 +110,7 @@ class KernelStage(Stage):
         # -- configuration ---------------------------------------------------------------
         index = KconfigIndex.load(src, env=KCONFIG_ENV)
         if opts.base == "file":
-            base = ctx.files.get("baseconfig")
+            base = ctx.file("baseconfig")
             if base is None or not base.is_file():
                 raise InputError("base: file needs a base config file (files label "
                                  "`baseconfig`)", where=f"stage {ctx.node}")
@@ -122,24 +124,13 @@ class KernelStage(Stage):
         else:
             ctx.note(f"the tree defines no {BUILD_ID_SYMBOL} (the build-id patch is not in "
                      "the series): the build id is recorded in build-info.json only")
-        requested, overrides = kconfig.merge([*fragments.values(), stage_settings])
+        requested, overrides = kconfig.merge([*(s for _, s in fragments), stage_settings])
         for o in overrides:
             ctx.note(o.render())
         kconfig.apply_to_config(build / ".config", requested)
         ctx.run([*make, "olddefconfig"], env=env)
         final = kconfig.read_config(build / ".config")
-        problems = kconfig.verify(requested, final)
-        if problems:
-            lines = explain(problems, index, final, requested)
-            for line in lines:
-                ctx.note(line)
-            n = len(problems)
-            raise StageFailed(
-                ctx.node,
-                f"{n} requested Kconfig option{'s' if n != 1 else ''} did not survive "
-                "olddefconfig:\n  " + "\n  ".join(lines),
-                log=ctx.log,
-                hint="add the missing dependencies to a fragment, or drop the options")
+        check_survived(requested, final, lambda: index)
         ctx.note(f"all {len(requested)} requested options survived olddefconfig")
 
         # -- build -----------------------------------------------------------------------
@@ -168,7 +159,7 @@ class KernelStage(Stage):
             "localversion": localversion,
             "arch": ARCH,
             "base": opts.base,
-            "fragments": [kconfig.display_path(ctx.files[label]) for label in fragments],
+            "fragments": [kconfig.display_path(path) for path, _ in fragments],
             "requested_options": len(requested),
             "modules": modules,
             "debs": debs,
@@ -176,21 +167,18 @@ class KernelStage(Stage):
         (out / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
 
     # -- helpers ---------------------------------------------------------------------------
-    def _fragments(self, ctx: StageContext) -> dict[str, list[Setting]]:
-        """The fragment files, in label order ``fragment0``, ``fragment1``, ..."""
-        labels = sorted((k for k in ctx.files if k.startswith("fragment")),
-                        key=lambda k: int(k[len("fragment"):] or "-1"))
-        frags: dict[str, list[Setting]] = {}
-        for label in labels:
-            path = ctx.files[label]
+    def _fragments(self, ctx: StageContext) -> list[tuple[Path, list[Setting]]]:
+        """The fragment files with their settings, in merge order."""
+        frags = []
+        for path in ctx.file_list("fragments"):
             if not path.is_file():
                 raise InputError(f"Kconfig fragment not found: {path}", where=f"stage {ctx.node}")
-            frags[label] = kconfig.parse_fragment(path)
+            frags.append((path, kconfig.parse_fragment(path)))
         return frags
 
     @contextlib.contextmanager
     def _build_root(self, ctx: StageContext,
-                    fragments: dict[str, list[Setting]]) -> Iterator[Path]:
+                    fragments: list[tuple[Path, list[Setting]]]) -> Iterator[Path]:
         """Where ``src/`` (the link copy) and ``build/`` (kbuild's O=) live.
 
         With ``incremental``: a persistent dir below ``<cache>/kbuild/``, one per tree object
@@ -205,11 +193,11 @@ class KernelStage(Stage):
         if not opts.incremental:
             yield ctx.work
             return
-        key = sha256_json({"tree": str(ctx.inputs["tree"].resolve()), "node": ctx.node,
+        key = sha256_json({"tree": str(ctx.input("tree").resolve()), "node": ctx.node,
                            "base": opts.base,
-                           "fragments": [ctx.files[label].name for label in fragments]})
+                           "fragments": [path.name for path, _ in fragments]})
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", ctx.node) + "-" + key[:16]
-        root = ctx.cache.root / KBUILD_DIR / name
+        root = ctx.persistent(KBUILD_DIR) / name
         root.parent.mkdir(parents=True, exist_ok=True)
         with open(root.with_name(name + ".lock"), "a") as lock:
             try:
@@ -245,27 +233,27 @@ class KernelStage(Stage):
         ctx.run(["cp", "-al" if same_fs else "-as", str(tree.absolute()), str(src)])
 
     def _env(self, ctx: StageContext, root: Path) -> dict[str, str]:
-        ctx.cache.ccache_dir.mkdir(parents=True, exist_ok=True)
         env = {
-            "CCACHE_DIR": str(ctx.cache.ccache_dir),
+            "CCACHE_DIR": str(ctx.compiler_cache),
             "CCACHE_BASEDIR": str(root),
             "CCACHE_NOHASHDIR": "1",
             "KBUILD_BUILD_USER": "xenforge",
             "KBUILD_BUILD_HOST": "xenforge",
             "KBUILD_BUILD_VERSION": "1",
         }
-        env["KBUILD_BUILD_TIMESTAMP"] = _timestamp(base_env())
+        env["KBUILD_BUILD_TIMESTAMP"] = _timestamp(ctx.epoch)
         return env
 
     def _package(self, ctx: StageContext, make: list[str], env: dict[str, str],
                  release: str, root: Path) -> list[str]:
+        opts: KernelOptions = ctx.options
         """``make bindeb-pkg`` on the built tree: linux-image (and linux-headers) .debs."""
         pkg_env = {
             **env,
             "KDEB_PKGVERSION": f"{release}-1",
             "KDEB_SOURCENAME": "linux-xenforge",
-            "KDEB_CHANGELOG_DIST": "bookworm",
-            "DEBEMAIL": "xenforge <xenforge@localhost>",
+            "KDEB_CHANGELOG_DIST": opts.distribution,
+            "DEBEMAIL": opts.maintainer,
             "INSTALL_MOD_STRIP": "1",
             # dpkg-deb's default xz takes most of the packaging time; gzip is ~5x faster
             "KDEB_COMPRESS": "gzip",

@@ -1,7 +1,8 @@
 """The ``source`` stage: fetch and verify one pinned source into the cache.
 
 Output: the fetched files and ``source.json`` ({"kind", "primary", "files": [{name, sha256}],
-...}); see :func:`xenforge.sources.fetch`.
+...}); see :func:`xenforge.sources.fetch.fetch`. Downloads go through the
+download store (the persistent scratch dir ``downloads``), so a second fetch needs no network.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator
 
-from xenforge.sources.specs import PathSource, SourceSpec, fetch
+from xenforge.sources.fetch import fetch
+from xenforge.sources.specs import PathSource, SourceSpec
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 
@@ -36,12 +38,13 @@ class SourceStage(Stage):
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = SourceOptions
     artifacts: ClassVar[tuple[str, ...]] = ()
+    build_env: ClassVar[bool] = False
 
     def run(self, ctx: StageContext) -> None:
         spec: SourceSpec = ctx.options.spec
         if isinstance(spec, PathSource):
-            located = ctx.files.get("path", spec.path)
+            located = ctx.file("path") or spec.path
             spec = PathSource(path=located)  # validated: it must exist now
-        info = fetch(spec, ctx.out, downloads=ctx.cache.downloads_dir, log=ctx.log)
+        info = fetch(spec, ctx.out, downloads=ctx.persistent("downloads"), log=ctx.log)
         ctx.note(f"source {spec.describe()}: primary {info['primary']}, "
                  f"{len(info['files'])} file(s)")

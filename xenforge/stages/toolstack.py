@@ -20,8 +20,9 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from xenforge.core.errors import InputError, XenforgeError
+from xenforge.core.files import write_json_atomic
 from xenforge.stages.base import Stage, StageContext, StageOptions
-from xenforge.stages.xen_common import build_env, check_version, private_copy, write_json, xen_tree
+from xenforge.stages.xen_common import build_env, check_version, private_copy, xen_tree
 
 #: what a working dom0 toolstack must contain (checked after the build)
 REQUIRED = ("usr/sbin/xl", "usr/sbin/xenstored", "usr/sbin/xenconsoled")
@@ -79,7 +80,7 @@ class ToolstackStage(Stage):
                 f"the toolstack build finished but dist/install lacks {', '.join(missing)}",
                 hint="check the configure flags in the spec (toolstack.configure) and the log")
         shutil.copytree(install, ctx.out / "install", symlinks=True)
-        write_json(ctx.out / "build-info.json", {
+        write_json_atomic(ctx.out / "build-info.json", {
             "version": version,
             "build_id": ctx.node_id[:12],
             "configure": list(opts.configure),

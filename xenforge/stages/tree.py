@@ -13,7 +13,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from xenforge.lib.patches import apply_series, unlisted_patches
-from xenforge.sources.specs import primary_archive, unpack
+from xenforge.sources.fetch import primary_archive, unpack
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 
@@ -26,15 +26,16 @@ class TreeStage(Stage):
     name: ClassVar[str] = "tree"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = TreeOptions
+    build_env: ClassVar[bool] = False
 
     def run(self, ctx: StageContext) -> None:
         opts: TreeOptions = ctx.options
-        archive = primary_archive(ctx.inputs["source"])
+        archive = primary_archive(ctx.input("source"))
         tree = ctx.out / "tree"
         ctx.note(f"unpacking {archive.name}")
         unpack(archive, tree, opts.strip_components, log=ctx.log)
         applied = []
-        patches = ctx.files.get("patches")
+        patches = ctx.file("patches")
         if patches is not None:
             for name in unlisted_patches(patches):
                 ctx.note(f"warning: {patches / name} is not listed in series and is not applied")

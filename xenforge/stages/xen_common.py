@@ -23,10 +23,7 @@ CCACHE_LINKS = "/usr/lib/ccache"
 
 def xen_tree(ctx: StageContext) -> Path:
     """The patched source tree of the ``tree`` input (read only)."""
-    if "tree" not in ctx.inputs:
-        raise InputError(f"{ctx.node}: no 'tree' input",
-                         hint="the planner must connect a tree node to this stage")
-    tree = ctx.inputs["tree"] / "tree"
+    tree = ctx.input("tree") / "tree"
     if not (tree / "xen" / "Makefile").is_file():
         raise InputError(f"{tree} is not a Xen source tree (no xen/Makefile)",
                          hint="the tree node must unpack a Xen release or Debian's xen source")
@@ -47,11 +44,9 @@ def private_copy(ctx: StageContext, tree: Path) -> Path:
 
 def build_env(ctx: StageContext, *, ccache_in_path: bool) -> dict[str, str]:
     """Variables added to :func:`xenforge.run.base_env` for make/configure."""
-    ccache_dir = Path(ctx.cache.ccache_dir)
-    ccache_dir.mkdir(parents=True, exist_ok=True)
     env = {
         "PYTHON": PYTHON,
-        "CCACHE_DIR": str(ccache_dir),
+        "CCACHE_DIR": str(ctx.compiler_cache),
         "CCACHE_BASEDIR": str(ctx.work),
         "CCACHE_NOHASHDIR": "1",
         # generated headers are always "too new" for ccache's direct mode otherwise
@@ -92,12 +87,6 @@ def build_date(epoch: int) -> tuple[str, str]:
     """XEN_BUILD_DATE and XEN_BUILD_TIME for a SOURCE_DATE_EPOCH (reproducible builds)."""
     t = time.gmtime(epoch)
     return time.strftime("%a %b %d %H:%M:%S UTC %Y", t), time.strftime("%H:%M:%S", t)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def read_build_info(out: Path) -> dict[str, Any]:

@@ -36,10 +36,11 @@ from pydantic import Field, field_validator
 
 from xenforge.core.data import data_dir
 from xenforge.core.errors import InputError, XenforgeError
+from xenforge.core.files import write_json_atomic
 from xenforge.core.hashing import sha256_file
 from xenforge.lib import debpkg
 from xenforge.stages.base import Stage, StageContext, StageOptions
-from xenforge.stages.xen_common import read_build_info, write_json
+from xenforge.stages.xen_common import read_build_info
 
 #: the packaging data; a node may bring its own copy as the file labelled "templates"
 TEMPLATES = data_dir("templates") / "xen-debs"
@@ -54,6 +55,8 @@ class XenDebsOptions(StageOptions):
     revision: str = Field("xenforge1", pattern=r"^[a-z][a-z0-9.]*$",
                           description="marks our packages in their version")
     lintian: bool = Field(True, description="run lintian (errors fail the stage)")
+    maintainer: str = Field(description="Maintainer of the packages, 'Name <address>'")
+    distribution: str = Field(description="the changelog distribution (the target release)")
 
     @field_validator("source")
     @classmethod
@@ -119,11 +122,7 @@ class XenDebsStage(Stage):
 
     def run(self, ctx: StageContext) -> None:
         opts: XenDebsOptions = ctx.options
-        for label in INPUTS:
-            if label not in ctx.inputs:
-                raise InputError(f"{ctx.node}: no '{label}' input",
-                                 hint="connect the hypervisor and toolstack nodes")
-        info = {label: read_build_info(ctx.inputs[label]) for label in INPUTS}
+        info = {label: read_build_info(ctx.input(label)) for label in INPUTS}
         xen_version = opts.version or str(info["hypervisor"]["version"])
         for label in INPUTS:
             if str(info[label]["version"]) != xen_version:
@@ -137,14 +136,15 @@ class XenDebsStage(Stage):
                 raise InputError(f"{v!r} is not a valid Debian version",
                                  hint=f"check the source {opts.source!r}")
 
-        tdir = Path(ctx.files.get("templates", TEMPLATES))
+        tdir = ctx.file("templates") or TEMPLATES
         self.tdir = tdir
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(tdir),
                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                  autoescape=False)
         data = load_packages(tdir)
         common = {"series": ".".join(xen_version.split(".")[:2]), "xen_version": xen_version,
-                  "source": opts.source, "maintainer": data["maintainer"]}
+                  "source": opts.source, "maintainer": opts.maintainer,
+                  "distribution": opts.distribution}
 
         src_root = ctx.work / "pkg"
         if src_root.exists():
@@ -172,8 +172,7 @@ class XenDebsStage(Stage):
             hypervisor_build_id=info["hypervisor"]["build_id"],
             toolstack_build_id=info["toolstack"]["build_id"],
             patches=self._patches(ctx),
-            date=email.utils.formatdate(int(os.environ.get("SOURCE_DATE_EPOCH",
-                                                           "1700000000"))))
+            date=email.utils.formatdate(ctx.epoch))
         (src_root / "debian" / "changelog").write_text(changelog)
         copyright_text = (tdir / "copyright").read_text()
 
@@ -199,7 +198,7 @@ class XenDebsStage(Stage):
                 (root / "DEBIAN" / "triggers").write_text("activate-noawait ldconfig\n")
 
         control = env.get_template("control.j2").render(
-            maintainer=data["maintainer"], homepage=data["homepage"], packages=packages)
+            maintainer=opts.maintainer, homepage=data["homepage"], packages=packages)
         (src_root / "debian" / "control").write_text(control)
 
         for pkg in packages:
@@ -211,7 +210,7 @@ class XenDebsStage(Stage):
             ctx.note(f"built {pkg['deb'].name}")
 
         self._lintian(ctx, opts, tdir, packages)
-        write_json(ctx.out / "packages.json", {"packages": [
+        write_json_atomic(ctx.out / "packages.json", {"packages": [
             {"name": p["name"], "version": p["version"], "file": p["deb"].name,
              "sha256": sha256_file(p["deb"]), "build_id": p["build_id"],
              "lintian_warnings": p.get("lintian_warnings", [])}
@@ -234,7 +233,7 @@ class XenDebsStage(Stage):
                 dest.write_text(env.get_template(rule["template"]).render(pkg["variables"]))
                 count += 1
                 continue
-            base = ctx.inputs[rule["from"]]
+            base = ctx.input(rule["from"])
             if "src" in rule:
                 src = base / rule["src"]
                 if not src.exists():
@@ -288,7 +287,7 @@ class XenDebsStage(Stage):
     @staticmethod
     def _patches(ctx: StageContext) -> list[str]:
         """The patch names applied to the tree, if the hypervisor recorded them."""
-        info = read_build_info(ctx.inputs["hypervisor"])
+        info = read_build_info(ctx.input("hypervisor"))
         return [str(p) for p in info.get("patches", [])]
 
     @staticmethod

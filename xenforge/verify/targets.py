@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xenforge.cache.store import Cache
+from xenforge.cache import Cache
 from xenforge.cli.progress import Progress
 from xenforge.core.errors import InputError
 from xenforge.recipe.model import TestsSection
@@ -82,13 +82,13 @@ def _dom0_kernel(out: Path) -> Path | None:
 def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSection,
                firmware: str | None = None, junit: Path | None = None) -> Outcome:
     """Boot the dom0 image a build exported to ``out`` and run the suites against it."""
-    logs = cache.root / "logs" / out.name
+    logs = cache.state.logs(out.name)
     target = boot_target(out, firmware=firmware, settings=settings)
-    kvm = kvm_works(cache.root, target.kernel, logs / "kvm-probe.log")
+    kvm = kvm_works(cache.state.probes(), target.kernel, logs / "kvm-probe.log")
     progress.line(f"boot   {target.disk.name if target.disk else target.iso} "
                   f"({target.firmware}, {'KVM' if kvm else 'TCG'})")
     start = time.monotonic()
-    workdir = cache.root / "run" / out.name
+    workdir = cache.state.run_dir(out.name)
     verify_log = logs / "verify.log"
     verify_log.unlink(missing_ok=True)  # its last line is what `still` shows
     with progress, Session(target, workdir=workdir, log=logs / "qemu.log", kvm=kvm) as vm:

@@ -53,18 +53,19 @@ def ssh_banner(port: int, timeout: float = 5) -> bool:
     return False
 
 
-def kvm_works(cache_dir: Path, kernel: Path | None, log: Path) -> bool:
+def kvm_works(probes: Path, kernel: Path | None, log: Path) -> bool:
     """True only if a KVM guest really boots here (FACTS.md: /dev/kvm may be a nested
-    hypervisor that aborts or crawls). The verdict is remembered per host kernel and QEMU."""
+    hypervisor that aborts or crawls). The verdict is remembered in ``probes`` (the state
+    dir's) per host kernel and QEMU."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK) or kernel is None:
         return False
-    verdict_file = cache_dir / "accel.json"
+    verdict_file = probes / "accel.json"
     key = f"{os.uname().release} {_qemu_version()}"
     with contextlib.suppress(OSError, ValueError):
         saved = json.loads(verdict_file.read_text())
         if saved.get("key") == key:
             return bool(saved["kvm"])
-    serial = cache_dir / "kvm-probe.serial"
+    serial = probes / "kvm-probe.serial"
     serial.unlink(missing_ok=True)
     res = runner.run(["qemu-system-x86_64", "-accel", "kvm", "-machine", "q35", "-cpu", "host",
                       "-m", "256", "-display", "none", "-no-reboot", "-serial",

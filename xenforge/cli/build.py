@@ -1,0 +1,150 @@
+"""``xenforge validate | schema | recipes | plan | build``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from xenforge.cli.common import cache_of, recipe_path, shipped_recipes
+from xenforge.cli.progress import JsonProgress, Progress
+from xenforge.plan.graph import Graph
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from xenforge.core.errors import Problem, ValidationFailed
+    from xenforge.recipe.load import load_recipe
+
+    problems: list[Problem] = []
+    for f in args.recipes:
+        try:
+            load_recipe(recipe_path(f))
+            print(f"{f}: ok")
+        except ValidationFailed as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ValidationFailed(problems)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from xenforge.recipe.schema import recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2))
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from xenforge.core.errors import ValidationFailed
+    from xenforge.recipe.load import load_recipe
+
+    for path in shipped_recipes():
+        try:
+            description = load_recipe(path).recipe.description
+        except ValidationFailed:
+            description = "(does not validate)"
+        print(f"{path.stem:<24} {description}")
+    print(f"\n(in {path.parent}; `xenforge build NAME` builds one from any directory)"
+          if shipped_recipes() else "no recipes shipped")
+    return 0
+
+
+def plan_of(args: argparse.Namespace) -> Graph:
+    from xenforge.plan import plan
+    from xenforge.recipe.load import load_recipe
+
+    return plan(load_recipe(recipe_path(args.recipe)))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from xenforge.plan.graph import explain_change
+
+    graph = plan_of(args)
+    cache = cache_of(args)
+    if args.json:
+        data = graph.to_json()
+        for n in data["nodes"]:
+            n["cached"] = cache.has(n["id"])
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"recipe {graph.recipe}: {len(graph.nodes)} nodes")
+    for node in graph.nodes.values():
+        if cache.has(node.id):
+            state = "cached"
+        else:
+            state = "build: " + explain_change(node, cache.read_ref(graph.recipe, node.name))
+        deps = ", ".join(node.deps())
+        print(f"  {node.name:<22} {node.id[:12]}  {state}" + (f"  <- {deps}" if deps else ""))
+    return 0
+
+
+def _progress(args: argparse.Namespace, logfile: Path) -> Progress:
+    mode = args.progress or ("quiet" if args.quiet else "plain" if args.plain else "auto")
+    if mode == "json":
+        return JsonProgress(logfile=logfile)
+    return Progress(quiet=mode == "quiet", plain={"plain": True, "live": False}.get(mode),
+                    logfile=logfile)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from xenforge.build.executor import Executor
+    from xenforge.export.artifacts import export, human_size
+    from xenforge.recipe.load import load_recipe
+    from xenforge.recipe.model import TestsSection
+
+    start = time.monotonic()
+    loaded = load_recipe(recipe_path(args.recipe))
+    graph = plan_of(args)
+    if args.target:
+        graph = graph.only(args.target)
+    cache = cache_of(args)
+    logs = cache.state.logs(graph.recipe)
+    progress = _progress(args, logs / "build.log")
+    progress.line(f"build {graph.recipe}: {len(graph.nodes)} nodes, cache {cache.root}")
+    with progress:
+        results = Executor(graph, cache, progress, jobs=args.jobs, logs_dir=logs).run()
+    failed = [r for r in results.values() if r.status == "failed"]
+    if failed:
+        for r in failed:
+            assert r.error is not None
+            if args.debug and r.error.__cause__ is not None:
+                traceback.print_exception(r.error.__cause__, file=sys.stderr)
+            print(f"error: {r.error.render()}", file=sys.stderr)
+        skipped = [r.name for r in results.values() if r.status == "skipped"]
+        if skipped:
+            print(f"not built because of the failure: {', '.join(skipped)}", file=sys.stderr)
+        if isinstance(progress, JsonProgress):
+            progress.emit("summary", recipe=graph.recipe, ok=False,
+                          failed=[r.name for r in failed], skipped=skipped)
+        return max(r.error.exit_code for r in failed if r.error is not None)
+    out_dir = Path(args.out) / graph.recipe
+    artifacts = export(graph, results, cache, out_dir)
+    built = [r for r in results.values() if r.status == "built"]
+    wall = time.monotonic() - start
+    node_time = sum(r.seconds for r in built)
+    if isinstance(progress, JsonProgress):
+        for a in artifacts:
+            progress.emit("artifact", node=a.node, path=a.path.as_posix(), size=a.size,
+                          sha256=a.sha256)
+        progress.emit("summary", recipe=graph.recipe, ok=True, built=len(built),
+                      cached=len(results) - len(built), wall=round(wall, 1),
+                      node_seconds=round(node_time, 1), out=str(out_dir))
+    elif not (args.quiet or args.progress == "quiet"):
+        overlap = f", {node_time / wall:.2f}x parallel" if built and wall > 1 else ""
+        print(f"\n{graph.recipe}: {len(built)} built, {len(results) - len(built)} cached, "
+              f"{wall:.1f}s wall, {node_time:.1f}s of node time{overlap}; "
+              f"artifacts in {out_dir}/")
+        for a in artifacts:
+            print(f"  {a.path.as_posix():<48} {human_size(a.size):>10}  {a.sha256}")
+    tests = loaded.recipe.tests
+    if args.test or (tests is not None and tests.after_build and not args.target):
+        from xenforge.cli.machines import report
+        from xenforge.verify.targets import test_built
+
+        outcome = test_built(out_dir, cache=cache, progress=progress,
+                             settings=tests or TestsSection())
+        return report(outcome)
+    return 0

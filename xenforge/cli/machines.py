@@ -1,0 +1,124 @@
+"""``xenforge boot | ssh | test``: machines booted from a build's images, or real hosts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from xenforge.cli.common import cache_of, recipe_path
+from xenforge.core.errors import InputError
+from xenforge.recipe.load import LoadedRecipe
+from xenforge.recipe.model import TestsSection
+from xenforge.verify.suites import Outcome
+
+
+def recipe_and_out(args: argparse.Namespace) -> tuple[LoadedRecipe, TestsSection, Path]:
+    from xenforge.recipe.load import load_recipe
+
+    loaded = load_recipe(recipe_path(args.recipe))
+    return loaded, loaded.recipe.tests or TestsSection(), Path(args.out) / loaded.name
+
+
+def report(outcome: Outcome) -> int:
+    print(outcome.summary())
+    return 0 if outcome.ok else 1
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from xenforge.cli.progress import Progress
+    from xenforge.verify.targets import test_built, test_host
+
+    loaded, settings, out = recipe_and_out(args)
+    if args.suite:
+        settings = settings.model_copy(update={"builtin": args.suite})
+    junit = Path(args.junit) if args.junit else out / "test-results" / "junit.xml"
+    cache = cache_of(args)
+    if args.host is not None:
+        if not args.host:
+            raise InputError("--host is empty", hint="give ssh://root@HOST[:PORT]")
+        return report(test_host(
+            args.host, out=out, settings=settings, junit=junit,
+            log=cache.state.logs(loaded.name) / "verify-host.log",
+            identity=Path(args.identity) if args.identity else None,
+            known_hosts=Path(args.known_hosts) if args.known_hosts else None))
+    progress = Progress(quiet=args.quiet, plain=True)
+    return report(test_built(out, cache=cache, progress=progress, settings=settings,
+                             firmware=args.firmware, junit=junit))
+
+
+def is_artifact(arg: str) -> bool:
+    """``xenforge boot|ssh`` got a disk image or ISO file rather than a recipe."""
+    from xenforge.verify.targets import BOOTABLE
+
+    return Path(arg).suffix in BOOTABLE
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from xenforge.cli.progress import last_line
+    from xenforge.verify.targets import artifact_target, boot_target
+    from xenforge.vm.session import Session, kvm_works
+
+    if is_artifact(args.recipe):
+        settings = TestsSection()
+        target = artifact_target(Path(args.recipe), firmware=args.firmware, settings=settings)
+        name, recipe = Path(args.recipe).stem, "RECIPE"
+    else:
+        loaded, settings, out = recipe_and_out(args)
+        target = boot_target(out, firmware=args.firmware, settings=settings)
+        name, recipe = loaded.name, args.recipe
+    cache = cache_of(args)
+    run_dir = cache.state.run_dir(name)
+    logs = cache.state.logs(name)
+    kvm = kvm_works(cache.state.probes(), target.kernel, logs / "kvm-probe.log")
+    print(f"booting {target.disk or target.iso} ({target.firmware}, "
+          f"{'KVM' if kvm else 'TCG'}); console log: {run_dir / 'serial.log'}", flush=True)
+    with Session(target, workdir=run_dir, log=logs / "qemu.log", kvm=kvm,
+                 lifetime=None) as vm:  # runs until Ctrl-C, however long
+        took = vm.wait_ready(args.timeout or settings.boot.timeout)
+        state = vm.state()
+        (run_dir / "state.json").write_text(json.dumps(state, indent=2))
+        print(f"ready after {took:.0f}s: {vm.ssh_url}\n"
+              f"  shell:  xenforge ssh {args.recipe}\n"
+              f"  tests:  xenforge test {recipe} --host {vm.ssh_url}"
+              + (f" --identity {target.key}" if target.key else "")
+              + f" --known-hosts {state['known_hosts']}"
+              + "\n  stop:   Ctrl-C (or SIGTERM)", flush=True)
+        try:
+            while vm.vm.running():
+                time.sleep(1)
+        finally:
+            (run_dir / "state.json").unlink(missing_ok=True)
+    # QEMU ended by itself: the machine powered off (or rebooted: -no-reboot), or crashed
+    rc = vm.vm.result.returncode if vm.vm.result else None
+    last = last_line(str(vm.vm.serial)) or "(nothing)"
+    print(f"the VM stopped by itself (QEMU exit {rc}); the console said last: {last}\n"
+          f"  console log: {vm.vm.serial}", file=sys.stderr)
+    return 0 if rc == 0 else 1
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    from xenforge.recipe.load import load_recipe
+
+    path = Path(args.recipe)
+    name = path.stem if is_artifact(args.recipe) else load_recipe(recipe_path(args.recipe)).name
+    state_file = cache_of(args).state.run_dir(name) / "state.json"
+    if not state_file.is_file():
+        raise InputError(f"no running VM for {name}",
+                         hint=f"start one: xenforge boot {args.recipe}")
+    try:
+        state = json.loads(state_file.read_text())
+    except ValueError:
+        raise InputError(f"{state_file} is damaged",
+                         hint=f"stop the VM and start it again: xenforge boot {args.recipe}"
+                         ) from None
+    argv = ["ssh", "-p", str(state["port"]), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    if state.get("key"):
+        argv += ["-i", state["key"]]
+    argv += [f"{state['user']}@127.0.0.1", *args.command]
+    os.execvp("ssh", argv)
+    return 0  # not reached

@@ -1,0 +1,37 @@
+"""Every default xenforge applies, in one place. The recipe model takes its field defaults
+from here; stage options have no defaults of their own for these (the planner always passes
+the recipe's value), and the diskimage-builder elements leave them to their caller."""
+
+from __future__ import annotations
+
+#: SOURCE_DATE_EPOCH when neither the recipe nor its pinned sources give a date
+#: (2023-11-14T22:13:20Z); see :func:`xenforge.plan.source_date_epoch`
+EPOCH = 1700000000
+
+#: Xen's command line in a dom0 image's boot menu
+XEN_CMDLINE = "console=com1 com1=115200 dom0_mem=1024M,max:1024M"
+#: the dom0 kernel's command line under Xen (its console is Xen's, hvc0)
+DOM0_KERNEL_CMDLINE = "console=hvc0"
+#: a PV/PVH guest kernel's command line (after root=/dev/xvda ro)
+GUEST_KERNEL_CMDLINE = "console=hvc0"
+#: the kernel's command line in a dom0 image's plain-Linux (no Xen) boot entries
+LINUX_CMDLINE = "console=ttyS0,115200"
+#: seconds GRUB shows its menu
+GRUB_TIMEOUT = 3
+
+#: Maintainer of every .deb xenforge builds (a reserved domain: lintian accepts it)
+MAINTAINER = "xenforge <xenforge@example.org>"
+
+#: the bridge a dom0 image makes for its guests
+BRIDGE = "xenbr0"
+#: the SSH user an image with ``access: true`` gets
+ACCESS_USER = "xenforge"
+
+#: Debian's archive and its security suite (on the same host: FACTS.md)
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+#: the distribution release of images and (later) of the buildroot
+RELEASE = "bookworm"
+
+#: MiB of a disk image's EFI system partition
+ESP_MIB = 64
