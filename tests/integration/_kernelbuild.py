@@ -28,10 +28,14 @@ def kernel_tree(cache: Cache) -> Built:
     return recipe_node(cache, f"tree:{name}")
 
 
+#: the packaging settings the planner passes every kernel
+PACKAGING = {"maintainer": "xenforge <xenforge@example.org>", "distribution": "bookworm"}
+
+
 def build_kernel(cache: Cache, tree: Built, fragments: list[Path], **options: Any) -> Built:
-    files = {f"fragment{i}": p for i, p in enumerate(fragments)}
-    return run_stage(cache, "kernel", {"base": "tinyconfig", **options}, inputs={"tree": tree},
-                     files=files, node="kernel:test")
+    return run_stage(cache, "kernel", {"base": "tinyconfig", **PACKAGING, **options},
+                     inputs={"tree": tree}, files={"fragments": list(fragments)},
+                     node="kernel:test")
 
 
 def dom0_kernel(cache: Cache, tree: Built) -> Built:

@@ -27,7 +27,8 @@ from xenforge.build.executor import Executor
 from xenforge.cache import Cache
 from xenforge.cli.progress import Progress
 from xenforge.core.hashing import sha256_json, tree_hash
-from xenforge.plan import plan
+from xenforge.plan import build_env, plan
+from xenforge.plan.graph import BuildEnv
 from xenforge.recipe.load import load_recipe
 from xenforge.stages import get_stage
 from xenforge.stages.base import StageContext
@@ -72,18 +73,26 @@ def heavy_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def recipe_env() -> BuildEnv:
+    """The default recipe's build environment (epoch, target): variants built here share it."""
+    return build_env(load_recipe(RECIPE))
+
+
 def run_stage(cache: Cache, stage: str, options: Mapping[str, Any], *,
               inputs: Mapping[str, Built] | None = None,
-              files: Mapping[str, Path] | None = None, node: str | None = None,
+              files: Mapping[str, Path | list[Path]] | None = None, node: str | None = None,
               jobs: int = 2) -> Built:
     """Build one node (or reuse it from the cache); raises what the stage raises."""
     inputs = dict(inputs or {})
     files = dict(files or {})
     cls = get_stage(stage)
     opts = cls.Options.model_validate(dict(options))
+    env = recipe_env()
     key = {"stage": stage, "version": cls.version, "options": opts.model_dump(mode="json"),
            "inputs": {k: b.id for k, b in inputs.items()},
-           "files": {k: tree_hash(p) for k, p in files.items()}}
+           "files": {k: tree_hash(p) if isinstance(p, Path) else [tree_hash(q) for q in p]
+                     for k, p in files.items()},
+           "env": env.to_json()}
     node_id = sha256_json(key)
     logs = cache.root / "test-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -97,9 +106,12 @@ def run_stage(cache: Cache, stage: str, options: Mapping[str, Any], *,
         work = cache.work(node_id)
         with cache.staging(node_id) as staging:
             ctx = StageContext(node=node or stage, node_id=node_id, options=opts,
-                               inputs={k: b.out for k, b in inputs.items()}, files=files,
-                               out=staging / "out", work=work, log=log, cache=cache,
-                               jobs=jobs)
+                               inputs={k: b.out for k, b in inputs.items()},
+                               files={k: p if isinstance(p, Path) else tuple(p)
+                                      for k, p in files.items()},
+                               out=staging / "out", work=work, log=log, epoch=env.epoch,
+                               compiler_cache=cache.ccache_dir, jobs=jobs,
+                               scratch=cache.scratch)
             with heavy_lock() if cls.heavy else nullcontext():
                 start = time.monotonic()  # the time waiting for the lock does not count
                 cls().run(ctx)
@@ -115,7 +127,7 @@ def recipe_build(cache: Cache, targets: list[str], recipe: Path = RECIPE) -> dic
     build --target NODE`` does; every node of that subgraph by name. A failing node fails the
     calling test with the node's error."""
     graph = plan(load_recipe(recipe)).only(targets)
-    logs = cache.root / "test-logs" / graph.recipe
+    logs = cache.state.logs(graph.recipe)
     with Progress(plain=True) as progress:
         results = Executor(graph, cache, progress, jobs=2, logs_dir=logs).run()
     failed = {n: r.error.render() for n, r in results.items() if r.error is not None}
@@ -144,9 +156,9 @@ def xen_tree(cache: Cache, patches: Path | None = None) -> Built:
                      files={"patches": patches})
 
 
-def fragments(spec: Mapping[str, Any], extra: list[Path] | None = None) -> dict[str, Path]:
-    paths = [SPEC.parent / p for p in spec["config"]] + list(extra or [])
-    return {f"config{i}": p for i, p in enumerate(paths)}
+def fragments(spec: Mapping[str, Any], extra: list[Path] | None = None
+              ) -> dict[str, Path | list[Path]]:
+    return {"config": [SPEC.parent / p for p in spec["config"]] + list(extra or [])}
 
 
 def hypervisor(cache: Cache, tree: Built, *, extra_fragments: list[Path] | None = None,

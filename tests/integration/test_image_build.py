@@ -1,13 +1,14 @@
-"""Real image builds (diskimage-builder, root) of the default recipe: its two guest images and
-the dom0 image carrying them, built from the recipe's own packages (Xen and kernels from
-source, through the planner and the executor, in the test cache shared with the e2e test).
+"""Real image builds (diskimage-builder, root) of the default recipe: its guest disk (one
+rootfs for both guests) and the dom0 disk carrying two copies of it, built from the
+recipe's own packages (Xen and kernels from source, through the planner and the executor,
+in the test cache shared with the e2e test).
 
-Checks what the images hold: one ext4 filesystem per guest with a small initramfs, the dom0
-disk's partitions, the packages of the local repository installed, the guests' xl configs,
-the access key. Booting them (SeaBIOS and OVMF, xl list, package versions, guests) is the
-e2e test's job (``tests/e2e/test_main_job.py``), on the same cache entries. A second test
-interrupts image builds in the chroot phase and checks that no loop device, mount or chroot
-process is left.
+Checks what the images hold: the guest disk is one ext4 filesystem with a small initramfs,
+the dom0 disk's partitions, the packages of the local repository installed, the guests'
+xl configs, the access key; and that a changed dom0_mem only reassembles the disk.
+Booting them (SeaBIOS and OVMF, xl list, package versions, guests) is the e2e test's job
+(``tests/e2e/test_main_job.py``), on the same cache entries. A second test interrupts image
+builds in the chroot phase and checks that no loop device, mount or chroot process is left.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ pytestmark = [
                        reason="no diskimage-builder (disk-image-create)"),
 ]
 
-GUESTS = {"image:guest-pvh": "guest-pvh", "image:guest-pv": "guest-pv"}
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +51,17 @@ def built(cache: Cache) -> dict[str, xb.Built]:
     nodes = xb.recipe_build(cache, ["image:xen-host"])
     print(f"\nimage build: {time.monotonic() - start:.0f}s "
           + ", ".join(f"{n} {'cached' if b.cached else f'{b.seconds:.0f}s'}"
-                      for n, b in nodes.items() if n.startswith(("image", "apt-repo"))))
+                      for n, b in nodes.items() if n.startswith(("image", "rootfs", "apt"))))
     assert not leftovers.remaining(cache.work_dir), "a build left mounts/loops behind"
     return nodes
 
 
-@pytest.mark.parametrize("node", sorted(GUESTS))
-def test_guest_image(built: dict[str, xb.Built], node: str) -> None:
-    out, name = built[node].out, GUESTS[node]
+def test_guest_disk(built: dict[str, xb.Built]) -> None:
+    out = built["rootfs:guest"].out
     info = xb.read_json(out / "image-info.json")
-    assert info["role"] == "guest" and (out / f"{name}.raw").is_file()
+    assert info["role"] == "guest" and (out / "guest.ext4").is_file()
     assert (out / "vmlinuz").is_file()
-    assert info["xl"]["cmdline"].startswith("root=/dev/xvda ro")
+    assert info["os_release"]["VERSION_CODENAME"] == "bookworm"
     # the guest kernel is the recipe's, from the local repository, and installed
     assert [p["name"] for p in info["xenforge_packages"]] == [
         f"linux-image-{info['kernel_version']}"]
@@ -71,15 +70,20 @@ def test_guest_image(built: dict[str, xb.Built], node: str) -> None:
     if (out / "initrd.img").exists():
         assert (out / "initrd.img").stat().st_size < 16 << 20
     # the disk is one ext4 filesystem (the guest's xvda) with the requested UUID
-    blkid = subprocess.run(["blkid", "-o", "export", out / f"{name}.raw"], check=True,
+    blkid = subprocess.run(["blkid", "-o", "export", out / "guest.ext4"], check=True,
                            capture_output=True, text=True).stdout
     assert "TYPE=ext4" in blkid and f"UUID={info['fs_uuid']}" in blkid
+    # one image, many machines: identity is made at first boot
+    for path, want in (("/etc/machine-id", "uninitialized\n"),):
+        assert _cat(out / "guest.ext4", path) == want
+    assert "ssh_host_" not in _ls(out / "guest.ext4", "/etc/ssh")
 
 
 def test_dom0_image(built: dict[str, xb.Built]) -> None:
     out = built["image:xen-host"].out
     info = xb.read_json(out / "image-info.json")
     repo = xb.read_json(built["apt-repo:xen-host"].out / "repo.json")
+    assert built["rootfs:xen-host"].seconds > 0 or built["rootfs:xen-host"].cached
     assert {p["name"]: p["version"] for p in repo["packages"]} == {
         p["name"]: p["version"] for p in info["xenforge_packages"]}
     for p in info["xenforge_packages"]:
@@ -92,23 +96,60 @@ def test_dom0_image(built: dict[str, xb.Built]) -> None:
     assert info["firmware"] == ["bios", "uefi"]
     assert (out / "xen-host.raw").is_file() and (out / "xen-host.qcow2").is_file()
     assert (out / "access_key").stat().st_mode & 0o077 == 0
-    assert [(g["name"], g["type"]) for g in info["guests"]] == [("guest-pvh", "pvh"),
-                                                                ("guest-pv", "pv")]
+    assert [(g["name"], g["type"], g["image"]) for g in info["guests"]] == [
+        ("guest-pvh", "pvh", "guest"), ("guest-pv", "pv", "guest")]
+    root = next(p for p in info["disk"]["partitions"] if p["name"] == "root")
+    fs = f"{out / 'xen-host.raw'}?offset={root['start']}"
+    for g in ("guest-pvh", "guest-pv"):
+        assert f"systemd.hostname={g}" in _cat(fs, f"/etc/xen/{g}.cfg")
+        assert "disk.raw" in _ls(fs, f"/var/lib/xen/images/{g}")
+    assert "dom0_mem=" in _cat(fs, "/boot/grub/xenforge-boot.cfg")
+    assert "source /boot/grub/xenforge-boot.cfg" in _cat(fs, "/boot/grub/grub.cfg")
     print("\nsizes: " + ", ".join(f"{k} {v['size'] >> 20} MiB ({v['allocated'] >> 20} MiB "
                                   "used)" for k, v in info["files"].items()))
 
 
+def _cat(image: Path | str, path: str) -> str:
+    return subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _ls(image: Path | str, path: str) -> str:
+    return subprocess.run(["debugfs", "-R", f"ls {path}", str(image)], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_a_changed_dom0_mem_reassembles_only_the_disk(built: dict[str, xb.Built],
+                                                      cache: Cache, tmp_path: Path) -> None:
+    """The command lines are the disk's: a new dom0_mem reruns the disk stage (seconds) and
+    nothing upstream of it, diskimage-builder least of all."""
+    recipes = tmp_path / "recipes"
+    shutil.copytree(xb.REPO / "recipes", recipes)
+    for d in ("hypervisor", "kernel_patches"):
+        (tmp_path / d).symlink_to(xb.REPO / d)
+    base = recipes / "base.yaml"
+    base.write_text(base.read_text().replace("dom0_mem=1024M,max:1024M",
+                                             "dom0_mem=1100M,max:1100M"))
+    start = time.monotonic()
+    nodes = xb.recipe_build(cache, ["image:xen-host"], recipe=recipes / "xen-host.yaml")
+    took = time.monotonic() - start
+    rebuilt = sorted(n for n, b in nodes.items() if not b.cached)
+    assert rebuilt == ["image:xen-host"], rebuilt
+    print(f"\ndom0_mem change: {took:.1f}s, the disk stage {nodes['image:xen-host'].seconds:.1f}s")
+    info = xb.read_json(nodes["image:xen-host"].out / "image-info.json")
+    assert "dom0_mem=1100M" in info["xen_cmdline"]
+
+
 # -- interrupting a build ------------------------------------------------------------------
 
-# the default recipe's guest image under another name (so never cached): its inputs are
+# the default recipe's guest rootfs under another name (so never cached): its inputs are
 # cached by then, so the driver runs diskimage-builder and nothing else
 DRIVER = textwrap.dedent("""\
     import json, signal, sys
     from pathlib import Path
     from xenforge.build.executor import Executor
     from xenforge.cache import Cache
-    from xenforge.plan.graph import compute_ids
-from xenforge.plan import plan
+    from xenforge.plan import compute_ids, plan
     from xenforge.cli.progress import Progress
     from xenforge.recipe.load import load_recipe
 
@@ -134,10 +175,10 @@ def test_interrupt_leaves_nothing(built: dict[str, xb.Built], cache: Cache, tmp_
                                   sig: signal.Signals, phase: str) -> None:
     logs = tmp_path / "logs"
     spec = {"cache": str(cache.root), "logs": str(logs), "recipe": str(xb.RECIPE),
-            "node": "image:guest-pvh", "name": f"interrupted-{sig.name.lower()}"}
+            "node": "rootfs:guest", "name": f"interrupted-{sig.name.lower()}"}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(spec)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = logs / "image-guest-pvh.log"
+    log = logs / "rootfs-guest.log"
     marker = f"in_target.d/{phase}"
     try:
         deadline = time.monotonic() + 900

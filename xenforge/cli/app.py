@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("-o", "--out", default="out", help="where the build put its artifacts")
     t.add_argument("-q", "--quiet", action="store_true")
+    t.add_argument("--list-suites", action="store_true",
+                   help="print the testinfra files the run would use, and stop")
     t.set_defaults(func=cmd_test)
 
     bo = sub.add_parser(

@@ -35,6 +35,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     loaded, settings, out = recipe_and_out(args)
     if args.suite:
         settings = settings.model_copy(update={"builtin": args.suite})
+    if args.list_suites:
+        from xenforge.verify.suites import suite_files
+
+        for path in suite_files(settings.builtin, settings.suites):
+            print(path)
+        return 0
     junit = Path(args.junit) if args.junit else out / "test-results" / "junit.xml"
     cache = cache_of(args)
     if args.host is not None:

@@ -98,6 +98,15 @@ def ssh_config(dest: Path, *, throwaway_host: bool, known_hosts: Path | None = N
     return dest
 
 
+def suite_files(builtin: Sequence[str], extra: Sequence[Path] = ()) -> list[Path]:
+    """The testinfra files a run collects: the built-in suites asked for, then the recipe's."""
+    unknown = [name for name in builtin if name not in SUITES]
+    if unknown:
+        raise InputError(f"unknown built-in suite {', '.join(unknown)}",
+                         hint=f"the built-in suites: {', '.join(SUITES)}")
+    return [INFRA_DIR / SUITES[name] for name in SUITES if name in builtin] + list(extra)
+
+
 def run_suites(
     target: str,
     *,
