@@ -414,3 +414,24 @@ def test_a_failing_node_exits_1_naming_the_stage_and_log(fx: Path, tmp_path: Pat
     assert not cache.has(graph.nodes["tree:mini"].id)
     assert list((cache_dir / "tmp").iterdir()) == []
     assert not (tmp_path / "out" / "mini-kernel").exists()
+
+
+def test_json_progress_and_debug_logging(fx: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """--progress=json: one JSON object per line (node events, artifacts, a summary) for CI
+    front-ends; --debug: every command the build runs, as it starts."""
+    argv = ["--debug", "--cache-dir", str(tmp_path / "cache"), "build", str(fx / "kernel.yaml"),
+            "--target", "tree:mini", "-o", str(tmp_path / "out"), "--progress=json"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    kinds = [(e["event"], e.get("node")) for e in events if e["event"] != "message"]
+    assert ("started", "source:mini") in kinds and ("finished", "tree:mini") in kinds
+    finished = next(e for e in events if e["event"] == "finished" and e["node"] == "tree:mini")
+    assert finished["status"] == "built" and finished["seconds"] >= 0
+    summary = events[-1]
+    assert summary["event"] == "summary" and summary["ok"] and summary["built"] == 2
+    assert "DEBUG xenforge.run: $ patch --batch" in captured.err
+    assert cli.main(argv[1:]) == 0  # again: cached, and quiet about commands
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["node"] for e in again if e["event"] == "cached"} == {"source:mini", "tree:mini"}

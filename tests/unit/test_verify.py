@@ -7,9 +7,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import textwrap
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 import pytest
 
@@ -167,34 +168,51 @@ def test_recipe_services_reach_the_suite(tmp_path: Path) -> None:
     assert suite_expectations(None, settings) == {"services": ["ssh", "xen-watchdog.timer"]}
 
 
-class _Host:
-    """Stands in for testinfra's host: ``systemctl`` answers from a table."""
-
-    def __init__(self, installed: dict[str, str]) -> None:
-        self.installed = installed  # unit -> state
-        self.asked: list[str] = []
-
-    def run(self, command: str) -> SimpleNamespace:
-        self.asked.append(command)
-        verb, unit = command.split()[1:3]
-        if verb == "cat":
-            return SimpleNamespace(rc=0 if unit in self.installed else 1, stdout="")
-        return SimpleNamespace(rc=0, stdout=self.installed.get(unit, "inactive") + "\n")
+def _units_block(states: dict[str, tuple[str, str]]) -> str:
+    return "\n\n".join(f"Id={u}\nLoadState={load}\nActiveState={active}\nSubState=x"
+                       for u, (load, active) in states.items())
 
 
 def test_services_check_names_each_unit_that_is_down() -> None:
-    host = _Host({"ssh.service": "active", "xen-watchdog.timer": "failed",
-                  "xenstored.service": "active", "xendomains.service": "activating"})
+    facts = {"units": (0, _units_block({
+        "ssh.service": ("loaded", "active"), "xen-watchdog.timer": ("loaded", "failed"),
+        "xenstored.service": ("loaded", "active"), "xendomains.service": ("loaded", "activating"),
+        "xenconsoled.service": ("not-found", "inactive")}))}
     with pytest.raises(AssertionError) as err:
-        infra_dom0.test_xen_services_active(host, {"services": ["ssh", "xen-watchdog.timer"]})
-    assert "xen-watchdog.timer (failed; see journalctl -u xen-watchdog.timer)" in str(err.value)
+        infra_dom0.test_xen_services_active(facts, {"services": ["ssh", "xen-watchdog.timer"]})
+    assert "xen-watchdog.timer (failed/x, loaded; see journalctl -u xen-watchdog.timer)" in \
+        str(err.value)
     assert "ssh" not in str(err.value).split("not active:")[1]
     # no list in the recipe: every Xen unit the host has installed, and only those
-    host.asked.clear()
-    with pytest.raises(AssertionError, match=r"not active: xendomains\.service \(activating"):
-        infra_dom0.test_xen_services_active(host, {})
-    assert "systemctl is-active xenconsoled.service" not in host.asked
-    assert "systemctl is-active xenstored.service" in host.asked
+    with pytest.raises(AssertionError, match=r"not active: xendomains\.service \(activating") \
+            as err:
+        infra_dom0.test_xen_services_active(facts, {})
+    assert "xenconsoled" not in str(err.value)  # not installed: not required
+
+
+def test_dom0_facts_come_in_one_command() -> None:
+    """The suite's one round trip, run here (no Xen host): every section is there with its
+    exit status, and the checks read them."""
+    version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "bash"],
+                             capture_output=True, text=True, check=True).stdout
+    script = infra_dom0._script(["ssh.service", "xenstored.service"], ["bash"])
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+    facts = infra_dom0._parse(out)
+    assert set(facts) == {"capabilities", "devices", "xl-info", "xl-list", "uname",
+                          "processes", "units", "links", "packages"}
+    assert facts["uname"] == (0, os.uname().release)
+    assert facts["xl-info"][0] != 0  # this machine is no Xen host: the check says so
+    with pytest.raises(AssertionError, match="`xl info` failed with exit"):
+        infra_dom0.test_hypervisor_is_the_built_one(facts, {})
+    infra_dom0.test_packages_are_the_built_ones(facts, {"packages": {"bash": version}})
+    with pytest.raises(AssertionError, match=r"bash .* is installed, the build made 0\.1"):
+        infra_dom0.test_packages_are_the_built_ones(facts, {"packages": {"bash": "0.1"}})
+    with pytest.raises(AssertionError, match="bridge xenbr9 does not exist"):
+        infra_dom0.test_guest_bridge_up(facts, {"bridge": "xenbr9"})
+    lo = next(ln for ln in facts["links"][1].splitlines() if ": lo:" in ln)
+    assert lo
+    if facts["units"][0] == 0:  # a machine without systemd (a container) has no units
+        assert "ssh.service" in infra_dom0._units(facts)
 
 
 def test_a_run_that_writes_no_junit_never_passes_on_an_old_one(tmp_path: Path) -> None:

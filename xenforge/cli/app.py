@@ -169,13 +169,28 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+class _Stderr(logging.Handler):
+    """Log records on the current stderr (not the one of the moment the handler was made)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _setup_logging(debug: bool) -> None:
+    """xenforge's loggers: warnings, or with --debug everything (each command it runs)."""
+    log = logging.getLogger("xenforge")
+    log.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _setup_logging(args.debug)
     signal.signal(signal.SIGTERM, _on_term)
     try:
         code: int = args.func(args)

@@ -99,7 +99,7 @@ def exit_status(returncode: int) -> str:
 
 
 class CommandFailed(XenforgeError):
-    """A subprocess exited non-zero (raised by :mod:`xenforge.run`)."""
+    """A subprocess exited non-zero (raised by :mod:`xenforge.core.run`)."""
 
     def __init__(self, argv: list[str], returncode: int, tail: list[str], log: Path | None) -> None:
         cmd = " ".join(argv)

@@ -5,7 +5,7 @@ Image builds (diskimage-builder) mount /proc, /dev, /sys and caches into a chroo
 stage's work dir and attach the root filesystem image to a loop device. :func:`release` undoes
 all of that whatever state the build was stopped in. It uses system calls only (``umount2``,
 ``LOOP_CLR_FD``, ``kill``), never subprocesses, so it also works after an interrupt, when
-:mod:`xenforge.run` refuses to start new commands.
+:mod:`xenforge.core.run` refuses to start new commands.
 
 Call it (or the :func:`guard` context manager) around anything that mounts below a directory,
 and before deleting such a directory: ``shutil.rmtree`` follows bind mounts and would delete

@@ -4,7 +4,7 @@
 - a clean, explicit environment (a known PATH and locale, plus what the caller adds);
 - every command, its duration and its output (captured output too) go to the stage log, and
   to the ``xenforge.run`` logger at debug level (``xenforge --debug``);
-- on failure a :class:`~xenforge.errors.CommandFailed` carries the command, the exit code,
+- on failure a :class:`~xenforge.core.errors.CommandFailed` carries the command, the exit code,
   the last lines of output and the log path;
 - the child runs in its own process group, which is killed on timeout or interrupt.
 """

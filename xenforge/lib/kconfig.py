@@ -12,7 +12,7 @@ Generic over Kconfig projects (Linux, Xen): symbols carry the ``CONFIG_`` prefix
         raise KconfigDropped(problems, index, final)      # explains each dropped option
 
 Kconfig silently drops (or changes) a requested option whose dependencies are unmet;
-:mod:`xenforge.kconfig_index` reads the Kconfig files to say which dependency it was.
+:mod:`xenforge.lib.kconfig_index` reads the Kconfig files to say which dependency it was.
 """
 
 from __future__ import annotations

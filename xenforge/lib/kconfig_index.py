@@ -1,7 +1,7 @@
 """Read Kconfig files well enough to explain why Kconfig dropped a requested option.
 
 This is not a Kconfig implementation: ``make olddefconfig`` decides the values, and
-:func:`xenforge.kconfig.verify` compares them with what the fragments asked for. This module
+:func:`xenforge.lib.kconfig.verify` compares them with what the fragments asked for. This module
 reads the ``Kconfig`` language (``source``, ``if``/``menu``/``choice`` blocks, ``config``
 entries with their type, prompts, ``depends on``, ``select``, ``range``) and evaluates the
 dependency expressions against the final ``.config`` to name the unmet dependency, who
@@ -425,7 +425,7 @@ def _want_level(value: str) -> int:
 
 
 class Explainer:
-    """Turns :class:`~xenforge.kconfig.Mismatch` records into sentences for people."""
+    """Turns :class:`~xenforge.lib.kconfig.Mismatch` records into sentences for people."""
 
     def __init__(self, index: KconfigIndex, final: Mapping[str, str],
                  requested: Mapping[str, Setting]) -> None:

@@ -43,7 +43,7 @@ def private_copy(ctx: StageContext, tree: Path) -> Path:
 
 
 def build_env(ctx: StageContext, *, ccache_in_path: bool) -> dict[str, str]:
-    """Variables added to :func:`xenforge.run.base_env` for make/configure."""
+    """Variables added to :func:`xenforge.core.run.base_env` for make/configure."""
     env = {
         "PYTHON": PYTHON,
         "CCACHE_DIR": str(ctx.compiler_cache),

@@ -14,7 +14,7 @@ QEMU exits 0 even when the guest crashed: judge a boot from the serial log.
         vm.wait_for(r"XENFORGE-DONE", timeout=300)
     text = vm.serial_text()
 
-The VM runs through :func:`xenforge.run.run` in a thread (its own process group, killed on
+The VM runs through :func:`xenforge.core.run.run` in a thread (its own process group, killed on
 timeout). Leaving the ``with`` block always stops it: ``quit`` on the monitor socket, then
 SIGKILL through the pid file, so no QEMU outlives the caller on any path; and QEMU dies
 with its thread (PR_SET_PDEATHSIG) when the caller itself is SIGKILLed.
