@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepare a Debian 12 host (as root) for xenforge: system packages, a deb-src
-# entry for bookworm, and the project's virtual environment in ./.venv.
+# Prepare a Debian 12 host (as root) for xenforge: system packages, the apt sources
+# of the pinned inputs (bookworm and trixie, trixie pinned low), and the project's
+# virtual environment in ./.venv.
 # Idempotent: a second run installs nothing and changes nothing.
 set -eu -o pipefail
 
@@ -32,6 +33,8 @@ packages=(
     grub-pc-bin grub-efi-amd64-bin grub-common grub2-common xorriso ovmf
     # boot and verify
     qemu-system-x86 busybox-static openssh-client
+    # builds inside a buildroot of the target release (a mount namespace per command)
+    bubblewrap
 )
 
 missing=()
@@ -39,17 +42,39 @@ for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
 done
 
-# A deb-src entry for bookworm: Xen's source comes from Debian's source package.
-if ! apt-get indextargets --format '$(IDENTIFIER) $(RELEASE)' | grep -q '^Sources bookworm$'; then
-    cat > /etc/apt/sources.list.d/xenforge-deb-src.sources <<'SRC'
+# Sources of the pinned inputs: Debian's source packages (deb-src) of bookworm and trixie
+# (Xen), and trixie's binary index (linux-source-6.12). trixie is pinned low, so that the
+# host itself is never upgraded: apt takes from it only what a build asks for by version.
+write_if_changed() {  # FILE: content on stdin; need_update=1 when the file changes
+    local tmp
+    tmp=$(mktemp)
+    cat > "$tmp"
+    if ! cmp -s "$tmp" "$1"; then
+        install -m 0644 "$tmp" "$1"
+        need_update=1
+    fi
+    rm -f "$tmp"
+}
+write_if_changed /etc/apt/sources.list.d/xenforge-deb-src.sources <<'SRC'
 Types: deb-src
 URIs: http://deb.debian.org/debian
-Suites: bookworm
+Suites: bookworm trixie
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-    need_update=1
-fi
+write_if_changed /etc/apt/sources.list.d/xenforge-trixie.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+write_if_changed /etc/apt/preferences.d/xenforge-trixie <<'PIN'
+# xenforge fetches pinned source and binary packages of trixie; the host stays bookworm.
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+PIN
 
 if [ "${#missing[@]}" -gt 0 ] || [ -n "${need_update:-}" ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -395,6 +395,6 @@ def test_ctx_late_input_labels_are_known(tmp_path: Path) -> None:
     ctx: StageContext = stage_context(tmp_path, node="rootfs:x", options=None)
     ctx.late = ("repo",)
     assert ctx.has_input("repo") and not ctx.has_input("other")
-    ctx.waiter = lambda label: tmp_path / f"built-{label}"
+    ctx.waiter = lambda label, idles: tmp_path / f"built-{label}"
     assert ctx.input("repo") == tmp_path / "built-repo"  # waits, then remembers
     assert ctx.inputs["repo"] == tmp_path / "built-repo"

@@ -147,15 +147,17 @@ class Executor:
             if heavy:
                 heavy_running.add(fut)
 
-    def _wait_for(self, node: Node, label: str, waited: list[float]) -> Path:
-        """The output of ``node``'s late input ``label`` once it is built (the stage waits)."""
+    def _wait_for(self, node: Node, label: str, idles: bool, waited: list[float]) -> Path:
+        """The output of ``node``'s late input ``label`` once it is built (the stage waits;
+        when that idles the node, the time is not node time)."""
         ref = node.inputs.get(label)
         if not isinstance(ref, str):
             raise StageFailed(node.name, f"late input {label!r} must be one node")
         t0 = time.monotonic()
         while not self._done[ref].wait(0.5):
             runner.check_cancelled()
-        waited.append(time.monotonic() - t0)
+        if idles:
+            waited.append(time.monotonic() - t0)
         res = self.results[ref]
         if not res.ok or res.out is None:
             raise InputFailed(node.name, f"its input {ref} was not built ({res.status})")
@@ -210,9 +212,10 @@ class Executor:
                     scratch=self.cache.scratch,
                     late=[label for label in late if label in node.inputs
                           and not self._is_done(node.inputs[label])],
-                    waiter=lambda label: self._wait_for(node, label, waited))
+                    waiter=lambda label, idles: self._wait_for(node, label, idles, waited))
                 with runner.owned_by(str(self.cache.lock_file(node.id))):
                     stage.run(ctx)
+                waited.append(ctx.idle)
                 seconds = time.monotonic() - start - sum(waited)
                 shutil.copyfile(log, staging / "log")
                 manifest = {"node": node.name, "id": node.id, "stage": node.stage,

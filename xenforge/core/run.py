@@ -306,8 +306,12 @@ def kill_all() -> None:
     with _live_lock:
         hooks = list(_cancel_hooks.values())
     for hook in hooks:
-        with contextlib.suppress(Exception):
+        try:
             hook()
+        except OSError as exc:  # closing a stream that already broke: it is stopped anyway
+            _log.debug("cancel hook %r: %s", hook, exc)
+        except Exception:  # a bug in a hook must not keep the commands running
+            _log.exception("cancel hook %r failed", hook)
     with _live_lock:
         procs = list(_live)
     for p in procs:

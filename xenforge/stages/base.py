@@ -51,8 +51,11 @@ class StageContext:
     scratch: Callable[[str], Path] | None = None
     #: labels of late inputs not built when the node started (see Stage.late_inputs)
     late: Collection[str] = ()
-    #: label -> the output of a late input once its node finished
-    waiter: Callable[[str], Path] | None = field(default=None, repr=False)
+    #: (label, whether the wait idles the node) -> the output of a late input once built
+    waiter: Callable[[str, bool], Path] | None = field(default=None, repr=False)
+    #: seconds the node sat idle for a late input while nothing else of it ran (reported by
+    #: a stage that waits beside its own work; the executor subtracts it from the node time)
+    idle: float = 0.0
 
     # -- inputs ---------------------------------------------------------------------------
     def has_input(self, label: str) -> bool:
@@ -82,12 +85,13 @@ class StageContext:
         value = self.files.get(label, ())
         return [value] if isinstance(value, Path) else list(value)
 
-    def wait_input(self, label: str) -> Path:
+    def wait_input(self, label: str, *, idles: bool = True) -> Path:
         """The output of a late input, waiting for its node to finish (the stage started
-        before it did); raises if that node failed or the build stopped."""
+        before it did); raises if that node failed or the build stopped. ``idles=False``:
+        the stage goes on working meanwhile (it reports its own idle time in ``idle``)."""
         if label in self.inputs or self.waiter is None or label not in self.late:
             return self.input(label)
-        path = self.waiter(label)
+        path = self.waiter(label, idles)
         self.inputs = {**self.inputs, label: path}
         return path
 

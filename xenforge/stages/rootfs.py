@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -52,6 +53,7 @@ from xenforge.core import leftovers
 from xenforge.core.errors import InputError, StageFailed, XenforgeError
 from xenforge.core.files import file_lock, write_json_atomic
 from xenforge.core.run import CLEAN_PATH
+from xenforge.lib.ext4 import Ext4Image
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 #: elements every rootfs of a role gets (the recipe's ``elements`` come after them)
@@ -177,7 +179,8 @@ class RootfsStage(Stage):
             if released:
                 ctx.note(f"rootfs {opts.name}: released leftovers: {released.summary()}")
         dib_seconds = time.monotonic() - t0
-        waited = delivery.waited if delivery is not None else 0.0
+        waited = _idle_seconds(ctx.log) if delivery is not None else 0.0
+        ctx.idle += waited
         fs = dib_out / f"{opts.name}.raw"
         if not fs.is_file():
             raise StageFailed(ctx.node, f"diskimage-builder made no {fs.name}", log=ctx.log)
@@ -324,13 +327,17 @@ class RootfsStage(Stage):
         return info
 
 
+def _idle_seconds(log: Path) -> float:
+    """How long diskimage-builder sat waiting for the packages (the element says, once)."""
+    with open(log, encoding="utf-8", errors="replace") as f:
+        found = re.findall(r"xenforge-apt-repo: packages delivered after (\d+)s", f.read())
+    return float(found[-1]) if found else 0.0
+
+
 def _fs_usage(ctx: StageContext, fs: Path) -> dict[str, int]:
     """Size, used bytes and block size of an ext4 image (from its superblock)."""
-    text = ctx.run(["dumpe2fs", "-h", fs], capture=True).stdout
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    block = int(fields["Block size"])
-    total, free = int(fields["Block count"]), int(fields["Free blocks"])
-    return {"size": total * block, "used": (total - free) * block, "block_size": block,
+    usage = Ext4Image(fs, log=ctx.log).usage()
+    return {"size": usage.size, "used": usage.used, "block_size": usage.block_size,
             "allocated": fs.stat().st_blocks * 512}
 
 
@@ -371,7 +378,7 @@ class _Delivery:
     def _deliver(self) -> None:
         t0 = time.monotonic()
         try:
-            repo = self.ctx.wait_input("repo") / "repo"
+            repo = self.ctx.wait_input("repo", idles=False) / "repo"
             self.waited = time.monotonic() - t0
             if self._done.is_set():
                 return
