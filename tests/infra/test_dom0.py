@@ -33,6 +33,9 @@ def _script(units: list[str], packages: list[str]) -> str:
     """One shell script printing every section the checks read, each after a marker line
     with the command's exit status (so a failing command is reported, not mistaken)."""
     sections = {
+        # the snapshot is of a host that finished booting (its services settled), at most
+        # five minutes from now: "running", or "degraded" when a unit failed
+        "system": "timeout 300 systemctl is-system-running --wait",
         "capabilities": "cat /proc/xen/capabilities",
         "devices": "ls -1 " + " ".join(DEVICES),
         "xl-info": "xl info",
@@ -173,7 +176,8 @@ def test_xen_services_active(facts: dict[str, tuple[int, str]], expect: dict[str
     assert wanted, f"none of the Xen services is installed ({', '.join(XEN_UNITS)})"
     down = {u: units.get(u, {}) for u in wanted if units.get(u, {}).get("ActiveState") !=
             "active"}
-    assert not down, "Xen services not active: " + ", ".join(
+    system = facts.get("system", (0, ""))[1].strip().splitlines()[-1:] or ["unknown"]
+    assert not down, f"Xen services not active (system: {system[0]}): " + ", ".join(
         f"{u} ({s.get('ActiveState', 'unknown')}/{s.get('SubState', '?')}, "
         f"{s.get('LoadState', 'not found')}; see journalctl -u {u})" for u, s in down.items())
 

@@ -70,6 +70,8 @@ REPO_WAIT_SECONDS = 6 * 3600
 #: the hooks sub-folder the repository is delivered to (see the xenforge-apt-repo element)
 REPO_DROP = "xenforge-apt-repo"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+#: the console line of a booted machine of each role (the xen-dom0 / xen-domu elements)
+READY_MARKERS = {"dom0": "XENFORGE-REPORT-END", "guest": "XENFORGE-GUEST-READY"}
 
 
 class RootfsOptions(StageOptions):
@@ -319,6 +321,9 @@ class RootfsStage(Stage):
             "packages": packages, "xenforge_packages": xenforge_pkgs,
             "os_release": _os_release(export / "os-release"),
             "access_user": opts.access_user if opts.access else None,
+            # what the console says once the machine is up: the dom0's boot report (printed
+            # after the Xen services and the autostarted guests), a guest's ready line
+            "ready_marker": READY_MARKERS[opts.role],
             "bridge": opts.bridge if opts.role == "dom0" else None,
         }
         if opts.role == "guest":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ def boot_target(out: Path, *, firmware: str | None, settings: TestsSection) -> T
     fw = _firmware(firmware, settings, list(host.firmware), host.disk)
     return Target(disk=host.disk, firmware=fw,  # type: ignore[arg-type]
                   memory=settings.boot.memory, cpus=settings.boot.cpus, key=host.key,
-                  user=host.user, kernel=_dom0_kernel(out))
+                  user=host.user, kernel=_dom0_kernel(out),
+                  ready=re.escape(host.info.get("ready_marker") or "") or Target.ready)
 
 
 #: what ``xenforge boot`` takes as a file instead of a recipe
@@ -48,7 +50,8 @@ def artifact_target(path: Path, *, firmware: str | None, settings: TestsSection)
                   firmware=fw,  # type: ignore[arg-type]
                   memory=settings.boot.memory, cpus=settings.boot.cpus,
                   key=key if key.is_file() else None,
-                  user=info.get("access_user") or "root")
+                  user=info.get("access_user") or "root",
+                  ready=re.escape(info.get("ready_marker") or "") or Target.ready)
 
 
 def suite_expectations(out: Path | None, settings: TestsSection) -> dict[str, Any]:

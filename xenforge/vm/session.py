@@ -35,7 +35,9 @@ class Target:
     cpus: int = 2
     key: Path | None = None  # SSH private key of the access user
     user: str = "xenforge"
-    ready: str = r"login:"  # console regex that says userspace is up
+    #: console regex that says the machine is up: a built image's own marker (its boot
+    #: report, printed once the Xen services and autostarted guests are up), else a login
+    ready: str = r"login:"
     kernel: Path | None = None  # a kernel to probe KVM with (optional)
 
 
