@@ -15,8 +15,9 @@ import pytest
 from xenforge.core import run as runner
 from xenforge.core.errors import SourceError
 from xenforge.core.hashing import sha256_file
-from xenforge.sources.debian import checksums_sha256, parse_deb822
-from xenforge.sources.specs import AptSource, DebSource, fetch, primary_archive, unpack
+from xenforge.lib.deb822 import checksums_sha256, parse_deb822
+from xenforge.sources.fetch import fetch, primary_archive, unpack
+from xenforge.sources.specs import AptSource, DebSource
 
 pytestmark = pytest.mark.slow
 

@@ -270,7 +270,7 @@ class RootfsStage(Stage):
             shutil.copytree(source, copy, symlinks=True,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             for hook in copy.glob("*/*.d/*"):
-                if hook.is_file() and hook.name[:2].isdigit():
+                if hook.is_file() and hook.parent.name != "environment.d":
                     hook.chmod(0o755)
             for tool in copy.glob("*/bin/*"):
                 tool.chmod(0o755)
