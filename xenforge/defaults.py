@@ -5,7 +5,7 @@ the recipe's value), and the diskimage-builder elements leave them to their call
 from __future__ import annotations
 
 #: SOURCE_DATE_EPOCH when neither the recipe nor its pinned sources give a date
-#: (2023-11-14T22:13:20Z); see :func:`xenforge.plan.source_date_epoch`
+#: (2023-11-14T22:13:20Z); see :func:`xenforge.plan.assign_epochs`
 EPOCH = 1700000000
 
 #: Xen's command line in a dom0 image's boot menu
@@ -27,10 +27,7 @@ BRIDGE = "xenbr0"
 #: the SSH user an image with ``access: true`` gets
 ACCESS_USER = "xenforge"
 
-#: Debian's archive and its security suite (on the same host: FACTS.md)
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
-DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
-#: the distribution release of images and (later) of the buildroot
+#: the target release of a recipe that names none (releases/debian-RELEASE.yaml)
 RELEASE = "bookworm"
 
 #: MiB of a disk image's EFI system partition

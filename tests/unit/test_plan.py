@@ -58,19 +58,21 @@ def _changed(before: Graph, after: Graph) -> set[str]:
 
 def test_graph_shape(fx: Path) -> None:
     g = _plan(fx / "two-kernels.yaml")
-    assert list(g.nodes) == ["source:mini", "tree:mini", "kernel:dom0", "kernel:guest"]
+    assert list(g.nodes) == ["source:mini", "tree:mini", "buildroot:debian-bookworm",
+                             "kernel:dom0", "kernel:guest"]
     assert g.nodes["tree:mini"].inputs == {"source": "source:mini"}
-    assert g.nodes["kernel:dom0"].inputs == {"tree": "tree:mini"}
-    assert g.nodes["kernel:guest"].inputs == {"tree": "tree:mini"}
+    for kernel in ("kernel:dom0", "kernel:guest"):
+        assert g.nodes[kernel].inputs == {"tree": "tree:mini",
+                                          "buildroot": "buildroot:debian-bookworm"}
     assert g.nodes["source:mini"].files == {"path": fx / "src" / "linux-mini"}
     dom0 = g.nodes["kernel:dom0"]
     line = fx / "kernel_patches" / "mini"
     assert dom0.files == {"fragments": [line / "base.config", line / "dom0.config",
                                         fx / "extra.config"]}
     assert all(len(n.id) == 64 for n in g.nodes.values())
-    assert len({n.id for n in g.nodes.values()}) == 4
+    assert len({n.id for n in g.nodes.values()}) == 5
     assert g.downstream("tree:mini") == {"tree:mini", "kernel:dom0", "kernel:guest"}
-    assert g.downstream("source:mini") == set(g.nodes)
+    assert g.downstream("source:mini") == set(g.nodes) - {"buildroot:debian-bookworm"}
     assert g.downstream("kernel:guest") == {"kernel:guest"}
 
 
@@ -165,8 +167,10 @@ def test_plan_json(fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     data = json.loads(capsys.readouterr().out)
     assert data["recipe"] == "two-kernels"
     nodes = {n["name"]: n for n in data["nodes"]}
-    assert list(nodes) == ["source:mini", "tree:mini", "kernel:dom0", "kernel:guest"]
-    assert nodes["kernel:dom0"]["inputs"] == {"tree": "tree:mini"}
+    assert list(nodes) == ["source:mini", "tree:mini", "buildroot:debian-bookworm",
+                           "kernel:dom0", "kernel:guest"]
+    assert nodes["kernel:dom0"]["inputs"] == {"tree": "tree:mini",
+                                              "buildroot": "buildroot:debian-bookworm"}
     assert nodes["kernel:dom0"]["stage"] == "kernel"
     assert all(n["cached"] is False for n in nodes.values())
     assert set(nodes["kernel:guest"]["file_hashes"]) == set(nodes["kernel:guest"]["files"])
@@ -266,9 +270,9 @@ def test_kernels_of_one_line_with_different_sources_get_different_trees(fx: Path
     assert dom0_src.options["spec"] == {"apt": "linux=6.1.158-1"}
     assert guest_src.options["spec"] == {"path": "linux-mini"}
     assert g.nodes["kernel:dom0"].inputs != g.nodes["kernel:guest"].inputs
-    assert len(g.nodes) == 6
+    assert len(g.nodes) == 7  # two sources, two trees, the buildroot, two kernels
     # the same recipe without the override shares one source and one tree
-    assert len(_plan(fx / "two-kernels.yaml").nodes) == 4
+    assert len(_plan(fx / "two-kernels.yaml").nodes) == 5
 
 
 def test_two_different_nodes_cannot_share_a_name() -> None:
@@ -284,16 +288,20 @@ def test_two_different_nodes_cannot_share_a_name() -> None:
 
 # -- the build environment: SOURCE_DATE_EPOCH and the target release ------------------------
 
-def test_epoch_is_the_newest_release_of_the_pinned_sources() -> None:
-    from xenforge.plan import source_date_epoch
-
+def test_each_node_dates_from_its_newest_pinned_source() -> None:
     loaded = load_recipe(REPO / "recipes" / "xen-host.yaml")
     assert loaded.hypervisor_spec is not None and loaded.hypervisor_spec.released
-    dates = [loaded.hypervisor_spec.released,
-             *(line.released for line in loaded.kernel_lines.values())]
-    assert source_date_epoch(loaded) == max(d for d in dates if d)
+    xen = loaded.hypervisor_spec.released
+    linux = loaded.kernel_lines["dom0"].released
+    assert linux and xen and linux != xen
     g = plan(loaded)
-    assert {n.env.epoch for n in g.nodes.values() if n.env} == {source_date_epoch(loaded)}
+    epoch = {n.name: n.env.epoch for n in g.nodes.values() if n.env}
+    assert epoch["hypervisor"] == epoch["toolstack"] == epoch["xen-debs"] == xen
+    assert epoch["kernel:dom0"] == epoch["kernel:guest"] == linux
+    assert epoch["rootfs:xen-host"] == epoch["image:xen-host"] == max(xen, linux)
+    # so a recipe with the same Xen and other kernels shares the Xen nodes
+    hyp = plan(load_recipe(REPO / "recipes" / "xen-hypervisor.yaml"))
+    assert hyp.nodes["hypervisor"].id == g.nodes["hypervisor"].id
 
 
 def test_the_epoch_and_target_are_in_the_ids_of_what_they_change(fx: Path) -> None:
@@ -316,10 +324,12 @@ def test_one_default_per_setting() -> None:
     from xenforge import defaults
 
     pkg = REPO / "xenforge"
-    for value in (defaults.XEN_CMDLINE, str(defaults.EPOCH), defaults.DEBIAN_MIRROR):
+    for value in (defaults.XEN_CMDLINE, str(defaults.EPOCH)):
         holders = [p.relative_to(REPO) for p in pkg.rglob("*.py")
                    if value in p.read_text()]
         assert holders == [Path("xenforge/defaults.py")], (value, holders)
+    # mirrors are release data (releases/*.yaml), not code
+    assert not [p for p in pkg.rglob("*.py") if "deb.debian.org" in p.read_text()]
     for element in (REPO / "image_elements").rglob("*"):
         if element.is_file():
             assert "dom0_mem=" not in element.read_text(errors="replace") or \

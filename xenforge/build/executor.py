@@ -25,9 +25,10 @@ from xenforge.core import run as runner
 from xenforge.core.errors import CommandFailed, StageFailed, XenforgeError
 from xenforge.core.files import note
 from xenforge.core.leftovers import remove_tree
+from xenforge.core.sandbox import Sandbox
 from xenforge.plan.graph import Graph, Node, explain_change
 from xenforge.stages import get_stage
-from xenforge.stages.base import StageContext
+from xenforge.stages.base import Stage, StageContext
 
 
 class Reporter(Protocol):
@@ -178,7 +179,7 @@ class Executor:
 
     def _cached(self, node: Node, detail: str = "") -> NodeResult:
         self.cache.touch(node.id)
-        self.cache.write_ref(self.graph.recipe, node.name, {"id": node.id, "key": node.key()})
+        self._write_refs(node)
         self.progress.cached(node.name, node.id, detail)
         now = time.monotonic()
         return NodeResult(node.name, node.id, "cached", out=self.cache.out(node.id),
@@ -188,7 +189,8 @@ class Executor:
         stage_cls = get_stage(node.stage)
         log = self.log_path(node)
         log.parent.mkdir(parents=True, exist_ok=True)
-        previous = self.cache.read_ref(self.graph.recipe, node.name)
+        recipe, own = self.graph.origins_of(node.name)[0]
+        previous = self.cache.read_ref(recipe, own)
         log.write_text(f"[xenforge] node {node.name} id {node.id}\n"
                        f"[xenforge] why: {explain_change(node, previous)}\n")
         self.progress.started(node.name, str(log))
@@ -212,7 +214,8 @@ class Executor:
                     scratch=self.cache.scratch,
                     late=[label for label in late if label in node.inputs
                           and not self._is_done(node.inputs[label])],
-                    waiter=lambda label, idles: self._wait_for(node, label, idles, waited))
+                    waiter=lambda label, idles: self._wait_for(node, label, idles, waited),
+                    sandbox=self._sandbox(node, stage_cls, work, staging))
                 with runner.owned_by(str(self.cache.lock_file(node.id))):
                     stage.run(ctx)
                 waited.append(ctx.idle)
@@ -240,11 +243,31 @@ class Executor:
                               started=start, ended=time.monotonic())
         with contextlib.suppress(XenforgeError, OSError):  # built; the next build retries
             remove_tree(work)
-        self.cache.write_ref(self.graph.recipe, node.name, {"id": node.id, "key": node.key()})
+        self._write_refs(node)
         detail = node.id[:12] + (f" (waited {sum(waited):.0f}s for inputs)" if waited else "")
         self.progress.finished(node.name, "built", detail, seconds)
         return NodeResult(node.name, node.id, "built", seconds, out=self.cache.out(node.id),
                           waited=sum(waited), started=start, ended=time.monotonic())
+
+    def _sandbox(self, node: Node, stage_cls: type[Stage], work: Path,
+                 staging: Path) -> Sandbox | None:
+        """The buildroot a stage's commands run in: its ``buildroot`` input, showing the
+        node's work, staging and the cache's scratch dirs (writable) and its inputs."""
+        ref = node.inputs.get("buildroot")
+        if not stage_cls.buildroot or not isinstance(ref, str):
+            return None
+        box = Sandbox(root=self.cache.out(self.graph.nodes[ref].id) / "root",
+                      release=node.env.target if node.env else ref,
+                      writable=[work, staging, self.cache.ccache_dir, self.cache.scratch_dir],
+                      readable=[self.cache.out(self.graph.nodes[dep].id)
+                                for dep in node.deps() if dep != ref])
+        box.check_paths()
+        return box
+
+    def _write_refs(self, node: Node) -> None:
+        """What each recipe's node was last built as (a matrix node stands for several)."""
+        for recipe, own in self.graph.origins_of(node.name):
+            self.cache.write_ref(recipe, own, {"id": node.id, "key": node.key()})
 
     def _is_done(self, ref: str | list[str]) -> bool:
         names = [ref] if isinstance(ref, str) else ref

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "build", parents=[common], help="build a recipe's artifacts through the cache"
     )
-    b.add_argument("recipe", metavar="RECIPE")
+    b.add_argument("recipes", nargs="+", metavar="RECIPE",
+                   help="a recipe; several build in one graph, sharing what they have in "
+                   "common (a matrix), each exported to OUT/NAME/")
     b.add_argument("-j", "--jobs", type=positive_int, default=None,
                    help="parallel jobs (default: cores)")
     b.add_argument("-o", "--out", default="out", help="artifact directory (default: ./out)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from xenforge.cli.common import cache_of, recipe_path, shipped_recipes
 from xenforge.cli.progress import JsonProgress, Progress
 from xenforge.plan.graph import Graph
+from xenforge.recipe.load import LoadedRecipe
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -24,7 +25,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             load_recipe(recipe_path(f))
             print(f"{f}: ok")
         except ValidationFailed as exc:
-            problems.extend(exc.problems)
+            # a data file several recipes share is reported once
+            problems.extend(p for p in exc.problems if p not in problems)
     if problems:
         raise ValidationFailed(problems)
     return 0
@@ -54,9 +56,14 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def plan_of(args: argparse.Namespace) -> Graph:
     from xenforge.plan import plan
+
+    return plan(_loaded(args.recipe))
+
+
+def _loaded(arg: str) -> LoadedRecipe:
     from xenforge.recipe.load import load_recipe
 
-    return plan(load_recipe(recipe_path(args.recipe)))
+    return load_recipe(recipe_path(arg))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -91,13 +98,17 @@ def _progress(args: argparse.Namespace, logfile: Path) -> Progress:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from xenforge.build.executor import Executor
+    from xenforge.core.errors import InputError
     from xenforge.export.artifacts import export, human_size
-    from xenforge.recipe.load import load_recipe
+    from xenforge.plan import plan_many
     from xenforge.recipe.model import TestsSection
 
     start = time.monotonic()
-    loaded = load_recipe(recipe_path(args.recipe))
-    graph = plan_of(args)
+    loadeds = [_loaded(r) for r in args.recipes]
+    if len(loadeds) > 1 and args.test:
+        raise InputError("--test boots one recipe's image", hint="build the recipes together, "
+                         "then `xenforge test RECIPE` for each")
+    graph = plan_many(loadeds)
     if args.target:
         graph = graph.only(args.target)
     cache = cache_of(args)
@@ -120,31 +131,41 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress.emit("summary", recipe=graph.recipe, ok=False,
                           failed=[r.name for r in failed], skipped=skipped)
         return max(r.error.exit_code for r in failed if r.error is not None)
-    out_dir = Path(args.out) / graph.recipe
-    artifacts = export(graph, results, cache, out_dir)
     built = [r for r in results.values() if r.status == "built"]
     wall = time.monotonic() - start
     node_time = sum(r.seconds for r in built)
-    if isinstance(progress, JsonProgress):
-        for a in artifacts:
-            progress.emit("artifact", node=a.node, path=a.path.as_posix(), size=a.size,
-                          sha256=a.sha256)
-        progress.emit("summary", recipe=graph.recipe, ok=True, built=len(built),
-                      cached=len(results) - len(built), wall=round(wall, 1),
-                      node_seconds=round(node_time, 1), out=str(out_dir))
-    elif not (args.quiet or args.progress == "quiet"):
+    quiet = args.quiet or args.progress == "quiet"
+    if not quiet and not isinstance(progress, JsonProgress):
         overlap = f", {node_time / wall:.2f}x parallel" if built and wall > 1 else ""
         print(f"\n{graph.recipe}: {len(built)} built, {len(results) - len(built)} cached, "
-              f"{wall:.1f}s wall, {node_time:.1f}s of node time{overlap}; "
-              f"artifacts in {out_dir}/")
-        for a in artifacts:
-            print(f"  {a.path.as_posix():<48} {human_size(a.size):>10}  {a.sha256}")
-    tests = loaded.recipe.tests
-    if args.test or (tests is not None and tests.after_build and not args.target):
+              f"{wall:.1f}s wall, {node_time:.1f}s of node time{overlap}")
+    outs = []
+    for loaded in loadeds:  # each recipe's artifacts in its own folder
+        view = graph.view(loaded.name) if len(loadeds) > 1 else graph
+        own_results = {own: results[name] for name in graph.nodes
+                       for recipe, own in graph.origins_of(name) if recipe == loaded.name}
+        out_dir = Path(args.out) / loaded.name
+        artifacts = export(view, own_results, cache, out_dir)
+        outs.append(out_dir)
+        if isinstance(progress, JsonProgress):
+            for a in artifacts:
+                progress.emit("artifact", recipe=loaded.name, node=a.node,
+                              path=a.path.as_posix(), size=a.size, sha256=a.sha256)
+        elif not quiet:
+            print(f"artifacts of {loaded.name} in {out_dir}/")
+            for a in artifacts:
+                print(f"  {a.path.as_posix():<48} {human_size(a.size):>10}  {a.sha256}")
+    if isinstance(progress, JsonProgress):
+        progress.emit("summary", recipe=graph.recipe, ok=True, built=len(built),
+                      cached=len(results) - len(built), wall=round(wall, 1),
+                      node_seconds=round(node_time, 1), out=[str(o) for o in outs])
+    tests = loadeds[0].recipe.tests
+    if args.test or (len(loadeds) == 1 and tests is not None and tests.after_build
+                     and not args.target):
         from xenforge.cli.machines import report
         from xenforge.verify.targets import test_built
 
-        outcome = test_built(out_dir, cache=cache, progress=progress,
+        outcome = test_built(outs[0], cache=cache, progress=progress,
                              settings=tests or TestsSection())
         return report(outcome)
     return 0

@@ -19,6 +19,7 @@ FOLDERS = {
     "hypervisor": "hypervisor",
     "kernel_patches": "kernel_patches",
     "image_elements": "image_elements",
+    "releases": "releases",
     "infra": "tests/infra",
     "templates": "xenforge/templates",
 }

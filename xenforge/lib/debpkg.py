@@ -13,11 +13,14 @@ import gzip
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xenforge.core import run as runner
+
+#: how this module runs its tools: a stage's ``ctx.run`` (its log, its buildroot)
+Run = Callable[..., runner.Result]
 
 #: Debian's version syntax (epoch not used here)
 VERSION_RE = re.compile(r"^[0-9][A-Za-z0-9.+~-]*$")
@@ -79,7 +82,7 @@ def relative_symlinks(root: Path) -> None:
             os.symlink(rel, p)
 
 
-def strip_elf(root: Path, *, log: Path | None) -> list[Path]:
+def strip_elf(root: Path, *, run: Run) -> list[Path]:
     """Strip ELF files as dh_strip does (libraries --strip-unneeded, archives
     --strip-debug); returns the ELF files found (not archives)."""
     elves: list[Path] = []
@@ -87,8 +90,8 @@ def strip_elf(root: Path, *, log: Path | None) -> list[Path]:
         if p.is_symlink():
             continue
         if p.name.endswith(".a"):
-            runner.run(["strip", "--strip-debug", "--remove-section=.comment",
-                        "--remove-section=.note", "--enable-deterministic-archives", p], log=log)
+            run(["strip", "--strip-debug", "--remove-section=.comment",
+                 "--remove-section=.note", "--enable-deterministic-archives", p])
             continue
         if not is_elf(p):
             continue
@@ -97,23 +100,23 @@ def strip_elf(root: Path, *, log: Path | None) -> list[Path]:
         args = ["strip", "--remove-section=.comment", "--remove-section=.note"]
         if shared:
             args.append("--strip-unneeded")
-        runner.run([*args, p], log=log)
+        run([*args, p])
     return elves
 
 
-def soname(path: Path, *, log: Path | None) -> str | None:
-    res = runner.run(["objdump", "-p", path], capture=True, log=log)
+def soname(path: Path, *, run: Run) -> str | None:
+    res = run(["objdump", "-p", path], capture=True)
     m = re.search(r"^\s*SONAME\s+(\S+)$", res.stdout, re.M)
     return m.group(1) if m else None
 
 
-def shlibs_lines(root: Path, package: str, version: str, *, log: Path | None) -> list[str]:
+def shlibs_lines(root: Path, package: str, version: str, *, run: Run) -> list[str]:
     """``DEBIAN/shlibs`` lines for the public shared libraries a package ships."""
     lines = []
     for p in files_below(root):
         if p.is_symlink() or not is_elf(p) or ".so." not in p.name:
             continue
-        name = soname(p, log=log)
+        name = soname(p, run=run)
         if not name:
             continue
         m = re.match(r"^(.+)\.so\.(.+)$", name)
@@ -122,18 +125,18 @@ def shlibs_lines(root: Path, package: str, version: str, *, log: Path | None) ->
     return sorted(set(lines))
 
 
-def shlibdeps(src_root: Path, package: str, elves: list[Path], *, log: Path | None) -> None:
+def shlibdeps(src_root: Path, package: str, elves: list[Path], *, run: Run) -> None:
     """Run dpkg-shlibdeps for ``elves`` of ``package``: writes debian/<package>.substvars."""
-    dynamic = [p for p in elves if _is_dynamic(p, log)]
+    dynamic = [p for p in elves if _is_dynamic(p, run)]
     if not dynamic:
         return
-    runner.run(["dpkg-shlibdeps", f"-Tdebian/{package}.substvars", f"-x{package}",
-                f"-Sdebian/{package}", *(os.path.relpath(p, src_root) for p in dynamic)],
-               cwd=src_root, log=log)
+    run(["dpkg-shlibdeps", f"-Tdebian/{package}.substvars", f"-x{package}",
+         f"-Sdebian/{package}", *(os.path.relpath(p, src_root) for p in dynamic)],
+        cwd=src_root)
 
 
-def _is_dynamic(path: Path, log: Path | None) -> bool:
-    res = runner.run(["readelf", "-d", path], capture=True, log=log, check=False)
+def _is_dynamic(path: Path, run: Run) -> bool:
+    res = run(["readelf", "-d", path], capture=True, check=False)
     return "(NEEDED)" in res.stdout
 
 
@@ -165,15 +168,13 @@ def gzip_n(text: str, dest: Path) -> None:
         gz.write(text.encode())
 
 
-def gencontrol(src_root: Path, package: str, version: str, *, log: Path | None) -> None:
-    runner.run(["dpkg-gencontrol", f"-p{package}", f"-v{version}",
-                f"-Tdebian/{package}.substvars", f"-Pdebian/{package}"],
-               cwd=src_root, log=log)
+def gencontrol(src_root: Path, package: str, version: str, *, run: Run) -> None:
+    run(["dpkg-gencontrol", f"-p{package}", f"-v{version}",
+         f"-Tdebian/{package}.substvars", f"-Pdebian/{package}"], cwd=src_root)
 
 
-def build_deb(pkg_root: Path, dest_dir: Path, *, log: Path | None) -> Path:
-    runner.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", pkg_root, dest_dir],
-               log=log)
+def build_deb(pkg_root: Path, dest_dir: Path, *, run: Run) -> Path:
+    run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", pkg_root, dest_dir])
     control = (pkg_root / "DEBIAN" / "control").read_text()
     fields = dict(re.findall(r"^(Package|Version|Architecture): (.+)$", control, re.M))
     return dest_dir / f"{fields['Package']}_{fields['Version']}_{fields['Architecture']}.deb"
@@ -194,9 +195,9 @@ class LintianReport:
         return [f"{t} {rest}".strip() for lvl, t, rest in self.tags if lvl == "W"]
 
 
-def lintian(deb: Path, *, log: Path | None) -> LintianReport:
-    res = runner.run(["lintian", "--no-tag-display-limit", "--allow-root", deb],
-                     capture=True, check=False, log=log, timeout=900)
+def lintian(deb: Path, *, run: Run) -> LintianReport:
+    res = run(["lintian", "--no-tag-display-limit", "--allow-root", deb],
+              capture=True, check=False, timeout=900)
     report = LintianReport(deb, text=res.stdout)
     for line in res.stdout.splitlines():
         m = _TAG_RE.match(line)

@@ -54,6 +54,9 @@ class Node:
     identity: dict[str, Any] | None = None
     #: export this node's artifacts to out/<recipe>/ (an intermediate rootfs is not)
     export: bool = True
+    #: a source node: when its pinned source was released (epoch seconds; see
+    #: xenforge.plan.assign_epochs)
+    released: int | None = None
     id: str = ""
     file_hashes: dict[str, str | list[str]] = field(default_factory=dict)
     input_ids: dict[str, str | list[str]] = field(default_factory=dict)
@@ -88,6 +91,22 @@ class Node:
 class Graph:
     recipe: str  # the recipe's name (several, joined by "+", for a matrix build)
     nodes: dict[str, Node] = field(default_factory=dict)  # in dependency order
+    #: node -> the (recipe, node name in that recipe) it stands for; a node of a matrix
+    #: graph may stand for the same node of several recipes. Empty: (recipe, its name).
+    origins: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def origins_of(self, name: str) -> list[tuple[str, str]]:
+        return self.origins.get(name) or [(self.recipe, name)]
+
+    def view(self, recipe: str) -> Graph:
+        """One recipe's part of a matrix graph, under the recipe's own node names (the
+        nodes are the matrix's: same ids, same objects)."""
+        names = {self_name: own for self_name in self.nodes
+                 for r, own in self.origins_of(self_name) if r == recipe}
+        out = Graph(recipe)
+        for self_name, own in names.items():
+            out.nodes[own] = self.nodes[self_name]
+        return out
 
     def add(self, node: Node) -> Node:
         existing = self.nodes.get(node.name)
@@ -133,7 +152,8 @@ class Graph:
             raise InputError(f"recipe {self.recipe} has no node {', '.join(unknown)}",
                              hint=f"its nodes: {', '.join(self.nodes)} (see `xenforge plan`)")
         keep = set().union(*(self.upstream(t) for t in targets))
-        return Graph(self.recipe, {k: n for k, n in self.nodes.items() if k in keep})
+        return Graph(self.recipe, {k: n for k, n in self.nodes.items() if k in keep},
+                     {k: v for k, v in self.origins.items() if k in keep})
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "nodes": [

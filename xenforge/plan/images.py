@@ -67,14 +67,20 @@ def _rootfs(graph: Graph, loaded: LoadedRecipe, env: BuildEnv, kernels: dict[str
         inputs["repo"] = repo.name
     return graph.add_shared(Node(
         name=f"rootfs:{key}", stage="rootfs", env=env, inputs=inputs,
-        options=rootfs_options(key, img, env), files={"elements": data_dir("image_elements")},
+        options=rootfs_options(loaded, key, img, env),
+        files={"elements": data_dir("image_elements")},
         export=img.role == "guest"))
 
 
-def rootfs_options(key: str, img: ImageSection, env: BuildEnv) -> dict[str, Any]:
+def rootfs_options(loaded: LoadedRecipe, key: str, img: ImageSection,
+                   env: BuildEnv) -> dict[str, Any]:
+    target, release = loaded.recipe.target, loaded.release
+    if release is None:  # the loader reported the broken target already
+        raise ValueError(f"{loaded.file}: no release file for its target")
     return {
         "name": key, "role": img.role, "release": env.release,
-        "mirror": img.distro.mirror, "security_mirror": img.distro.security_mirror,
+        "mirror": target.mirror or release.mirror,
+        "security_mirror": target.security_mirror or release.security_mirror,
         "elements": list(img.elements), "packages": list(img.packages),
         # a guest's filesystem is its disk; a dom0's grows into the disk the disk stage makes
         "size": img.size if img.role == "guest" else None,
@@ -124,6 +130,8 @@ def _plan_guests(graph: Graph, loaded: LoadedRecipe, env: BuildEnv
 
 def _plan_guest_recipe(graph: Graph, sub: LoadedRecipe, env: BuildEnv) -> tuple[str, str]:
     """Plan a guest recipe into the host's graph: (its guest rootfs node, kernel cmdline)."""
+    env = BuildEnv(epoch=env.epoch, release=sub.recipe.target.release,
+                   distribution=sub.recipe.target.distribution)  # the guest's own release
     kernels = plan_kernels(graph, sub, env)
     finals = plan_images(graph, sub, env, kernels)
     images = [(k, img) for k, img in sub.recipe.images.items() if img.role == "guest"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xenforge.plan.buildroot import buildroot_node
 from xenforge.plan.graph import BuildEnv, Graph, Node
 from xenforge.plan.sources import tree_node
 from xenforge.recipe.load import LoadedRecipe
@@ -16,14 +17,16 @@ def plan_kernels(graph: Graph, loaded: LoadedRecipe, env: BuildEnv) -> dict[str,
     for key, section in loaded.recipe.kernels.items():
         line = loaded.kernel_lines[key]
         tree = tree_node(graph, line.name, section.source or line.source,
-                         section.patches or line.patches)
+                         section.patches or line.patches,
+                         None if section.source else line.released)
         fragments = [frag if isinstance(frag, Path) else line.fragments[frag]
                      for frag in section.fragments]
         files: dict[str, Path | list[Path]] = {"fragments": fragments}
         if section.base_config is not None:
             files["baseconfig"] = section.base_config
         node = graph.add_shared(Node(
-            name=f"kernel:{key}", stage="kernel", inputs={"tree": tree.name}, env=env,
+            name=f"kernel:{key}", stage="kernel", env=env,
+            inputs={"tree": tree.name, "buildroot": buildroot_node(graph, loaded)},
             options={"base": section.base, "package": section.package,
                      "maintainer": loaded.recipe.maintainer, "distribution": env.release},
             files=files))

@@ -8,7 +8,7 @@ from xenforge.plan.graph import Graph, Node
 from xenforge.sources.specs import PathSource, SourceSpec, identity
 
 
-def source_node(graph: Graph, name: str, spec: SourceSpec) -> Node:
+def source_node(graph: Graph, name: str, spec: SourceSpec, released: int | None) -> Node:
     files: dict[str, Path | list[Path]] = {}
     data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     if isinstance(spec, PathSource):
@@ -17,11 +17,12 @@ def source_node(graph: Graph, name: str, spec: SourceSpec) -> Node:
         data["path"] = spec.path.name
     return graph.add_shared(Node(name=f"source:{name}", stage="source",
                                  options={"spec": data}, identity={"spec": identity(spec)},
-                                 files=files))
+                                 files=files, released=released))
 
 
-def tree_node(graph: Graph, name: str, spec: SourceSpec, patches: Path | None) -> Node:
-    src = source_node(graph, name, spec)
+def tree_node(graph: Graph, name: str, spec: SourceSpec, patches: Path | None,
+              released: int | None) -> Node:
+    src = source_node(graph, name, spec, released)
     files: dict[str, Path | list[Path]] = {"patches": patches} if patches is not None else {}
     # the same line with other patches or another source is another tree
     return graph.add_shared(Node(name=f"tree:{name}", stage="tree",

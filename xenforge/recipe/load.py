@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from xenforge.core.data import data_dir
 from xenforge.core.errors import Problem, ValidationFailed
 from xenforge.recipe.model import Recipe
-from xenforge.recipe.specs import HypervisorSpec, KernelLine
+from xenforge.recipe.specs import HypervisorSpec, KernelLine, ReleaseSpec
 from xenforge.recipe.yamlload import LoadError, Loc, Origins, load_yaml, loc_text
 
 M = TypeVar("M", bound=BaseModel)
@@ -25,6 +26,7 @@ class LoadedRecipe:
     file: Path
     recipe: Recipe
     name: str
+    release: ReleaseSpec | None = None  # the target's release file (None: it is broken)
     hypervisor_spec: HypervisorSpec | None = None
     kernel_lines: dict[str, KernelLine] = field(default_factory=dict)  # kernels key -> line
     guests: dict[str, LoadedRecipe] = field(default_factory=dict)  # guest name -> recipe
@@ -241,6 +243,32 @@ def _load_spec(model: type[M], file: Path, problems: list[Problem]) -> M | None:
     return validate_model(model, data, origins, file, problems)
 
 
+def known_releases() -> list[str]:
+    """``distribution/release`` of every release file shipped (releases/*.yaml)."""
+    return sorted(p.stem.replace("-", "/", 1) for p in data_dir("releases").glob("*-*.yaml"))
+
+
+def _load_release(loaded: LoadedRecipe, origins: Origins,
+                  problems: list[Problem]) -> ReleaseSpec | None:
+    target = loaded.recipe.target
+    path = data_dir("releases") / f"{target.distribution}-{target.release}.yaml"
+    if not path.is_file():
+        pos = origins.find(("target", "release")) or origins.find(("target",))
+        problems.append(Problem(pos[0] if pos else loaded.file, pos[1] if pos else None,
+                                "target.release",
+                                f"unknown release {target.distribution}/{target.release}",
+                                f"known releases: {', '.join(known_releases())} (a new one is "
+                                f"a file releases/{target.distribution}-NAME.yaml)"))
+        return None
+    spec = _load_spec(ReleaseSpec, path, problems)
+    if spec is not None and (spec.distribution, spec.release) != (target.distribution,
+                                                                  target.release):
+        problems.append(Problem(path, None, "release", f"{path.name} describes "
+                                f"{spec.distribution}/{spec.release}",
+                                "name the file DISTRIBUTION-RELEASE.yaml after its content"))
+    return spec
+
+
 def load_recipe(file: Path) -> LoadedRecipe:
     """Load and validate a recipe with everything it refers to; raise ValidationFailed."""
     problems: list[Problem] = []
@@ -285,6 +313,7 @@ def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...],
     if recipe is None:
         return None
     loaded = LoadedRecipe(file=file, recipe=recipe, name=recipe.name or file.stem)
+    loaded.release = _load_release(loaded, origins, problems)
     if recipe.hypervisor is not None:
         loaded.hypervisor_spec = _load_spec(HypervisorSpec, recipe.hypervisor.spec, problems)
     for key, k in recipe.kernels.items():

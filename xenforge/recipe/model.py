@@ -76,16 +76,18 @@ class KernelSection(Model):
                                     "(default: console=hvc0)")
 
 
-class Distro(Model):
-    name: Literal["debian"] = "debian"
-    release: Literal["bookworm"] = "bookworm"
-    mirror: str = defaults.DEBIAN_MIRROR
-    security_mirror: str = defaults.DEBIAN_SECURITY_MIRROR
+class Target(Model):
+    """The distribution release everything is built for: images, buildroot, packages."""
+
+    distribution: Literal["debian"] = "debian"
+    release: Name = Field(defaults.RELEASE, description="a release of releases/ "
+                          "(debian-RELEASE.yaml), e.g. trixie")
+    mirror: str | None = Field(None, description="default: the release file's")
+    security_mirror: str | None = Field(None, description="default: the release file's")
 
 
 class ImageSection(Model):
     role: Literal["dom0", "guest"]
-    distro: Distro = Field(default_factory=Distro)
     kernel: Name | None = Field(None, description="a key of `kernels`")
     elements: list[str] = Field(default_factory=list,
                                 description="extra diskimage-builder elements")
@@ -153,6 +155,8 @@ class Recipe(Model):
     epoch: int | None = Field(None, ge=0, lt=2**32, description="SOURCE_DATE_EPOCH of the "
                               "build (default: the newest `released` date of its pinned "
                               "sources)")
+    target: Target = Field(default_factory=Target,
+                           description="the distribution release to build for")
     extends: list[FilePath] = Field(default_factory=list,
                                     description="recipes merged under this one, in order")
     hypervisor: HypervisorSection | None = None

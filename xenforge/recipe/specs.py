@@ -1,5 +1,5 @@
-"""Data files a recipe points at: Xen build specs (hypervisor/) and kernel lines
-(kernel_patches/<line>/line.yaml)."""
+"""Data files a recipe points at: Xen build specs (hypervisor/), kernel lines
+(kernel_patches/<line>/line.yaml) and target releases (releases/)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,29 @@ class HypervisorSpec(Model):
     config: list[FilePath] = Field(default_factory=list, description="Kconfig fragments")
     released: Released | None = Field(None, description="date of the pinned source (its "
                                       "Debian changelog entry): the build's SOURCE_DATE_EPOCH")
+    package_version: str | None = Field(
+        None, pattern=r"^[0-9][A-Za-z0-9.+~-]*$",
+        description="the Debian upstream version the .debs build on (default: an apt "
+        "source's version, else `version`)")
     toolstack: ToolstackSpec = Field(default_factory=ToolstackSpec)
+
+
+class BuildrootSpec(Model):
+    packages: list[str] = Field(min_length=1, description="Debian packages the compile and "
+                                "packaging stages need (installed into the buildroot)")
+
+
+class ReleaseSpec(Model):
+    """``releases/<distribution>-<release>.yaml``: a target distribution release."""
+
+    schema_: Literal[1] = Field(alias="schema")
+    distribution: Literal["debian"]
+    release: Name = Field(description="the codename, e.g. trixie")
+    version: str = Field(description="e.g. 13")
+    mirror: str
+    security_mirror: str
+    security_suite: str
+    buildroot: BuildrootSpec
 
 
 class KernelLine(Model):

@@ -9,6 +9,7 @@ from xenforge.stages.base import Stage
 #: stage name -> "module:Class" (add a line here when you add a stage)
 REGISTRY: dict[str, str] = {
     "source": "xenforge.stages.source:SourceStage",
+    "buildroot": "xenforge.stages.buildroot:BuildrootStage",
     "tree": "xenforge.stages.tree:TreeStage",
     "hypervisor": "xenforge.stages.hypervisor:HypervisorStage",
     "toolstack": "xenforge.stages.toolstack:ToolstackStage",

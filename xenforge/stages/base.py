@@ -17,15 +17,17 @@ It never sees the cache itself.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from xenforge.core import run as runner
-from xenforge.core.errors import XenforgeError
+from xenforge.core.errors import CommandFailed, XenforgeError
 from xenforge.core.files import note
 from xenforge.core.model import FrozenModel
+from xenforge.core.sandbox import Sandbox
 
 
 class StageOptions(FrozenModel):
@@ -56,6 +58,8 @@ class StageContext:
     #: seconds the node sat idle for a late input while nothing else of it ran (reported by
     #: a stage that waits beside its own work; the executor subtracts it from the node time)
     idle: float = 0.0
+    #: the target release's buildroot the commands run in (stages with Stage.buildroot)
+    sandbox: Sandbox | None = None
 
     # -- inputs ---------------------------------------------------------------------------
     def has_input(self, label: str) -> bool:
@@ -107,12 +111,26 @@ class StageContext:
                              "it with `xenforge plan --json RECIPE`")
 
     # -- commands and notes ----------------------------------------------------------------
-    def run(self, argv: Sequence[str | Path], **kw: Any) -> runner.Result:
+    def run(self, argv: Sequence[str | Path], *, host: bool = False,
+            **kw: Any) -> runner.Result:
         """Run a command with this node's log and the build's SOURCE_DATE_EPOCH (see
-        :func:`xenforge.core.run.run`)."""
+        :func:`xenforge.core.run.run`) - in the buildroot when the stage has one, unless
+        ``host`` (file plumbing such as a hard-link copy, which crosses its mounts)."""
         kw.setdefault("log", self.log)
         kw["env"] = {"SOURCE_DATE_EPOCH": str(self.epoch), **(kw.get("env") or {})}
-        return runner.run(argv, **kw)
+        if self.sandbox is None or host:
+            return runner.run(argv, **kw)
+        args = [os.fspath(a) for a in argv]
+        if self.sandbox.find(args[0]) is None:
+            raise self.sandbox.missing_program_error(args[0])
+        cwd = kw.pop("cwd", None)
+        try:
+            return runner.run(self.sandbox.argv(args, cwd=cwd), **kw)
+        except CommandFailed as exc:
+            why = self.sandbox.explain_failure(exc.tail)
+            if why:
+                exc.hint = f"{why}; {exc.hint}" if exc.hint else why
+            raise
 
     def note(self, text: str) -> None:
         """A line for the stage log (and the progress view)."""
@@ -135,6 +153,9 @@ class Stage:
     #: (fetching a pinned source, unpacking it): their ids leave the build env out, so
     #: recipes for other releases share them
     build_env: ClassVar[bool] = True
+    #: True for stages whose commands run in the target release's buildroot (the planner
+    #: gives them the input ``buildroot``): compilers, Debian packaging
+    buildroot: ClassVar[bool] = False
 
     def run(self, ctx: StageContext) -> None:
         raise NotImplementedError

@@ -65,14 +65,18 @@ class HypervisorStage(Stage):
     artifacts: ClassVar[tuple[str, ...]] = (
         "xen.gz", "xen.efi", "xen-syms", "xen.config", "build-info.json")
     heavy: ClassVar[bool] = True
+    buildroot: ClassVar[bool] = True
 
     def run(self, ctx: StageContext) -> None:
         opts: HypervisorOptions = ctx.options
         tree = xen_tree(ctx)
         version = check_version(tree, opts.version)
-        build_id = opts.build_id or ctx.node_id[:12]
         extraversion = version.split(".", 2)[2] if version.count(".") >= 2 else ""
         extraversion = "." + extraversion if extraversion else ""
+        # as much of the node id as fits Xen's 16-byte extra version (".5+" leaves 12,
+        # ".4-pre+" 8)
+        build_id = opts.build_id or ctx.node_id[:max(6, min(12, EXTRAVERSION_MAX - 1 -
+                                                              len(extraversion)))]
         full_extra = f"{extraversion}+{build_id}"
         if len(full_extra) > EXTRAVERSION_MAX:
             raise InputError(

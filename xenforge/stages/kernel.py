@@ -81,6 +81,7 @@ class KernelStage(Stage):
     Options = KernelOptions
     artifacts = ("vmlinuz", "config", "System.map", "*.deb", "build-info.json")
     heavy = True
+    buildroot = True
 
     def run(self, ctx: StageContext) -> None:
         opts: KernelOptions = ctx.options
@@ -230,7 +231,8 @@ class KernelStage(Stage):
             shutil.rmtree(src)
         src.parent.mkdir(parents=True, exist_ok=True)
         same_fs = os.stat(tree).st_dev == os.stat(src.parent).st_dev
-        ctx.run(["cp", "-al" if same_fs else "-as", str(tree.absolute()), str(src)])
+        # on the host: a hard link may not cross the buildroot sandbox's bind mounts
+        ctx.run(["cp", "-al" if same_fs else "-as", str(tree.absolute()), str(src)], host=True)
 
     def _env(self, ctx: StageContext, root: Path) -> dict[str, str]:
         env = {

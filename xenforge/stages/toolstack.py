@@ -56,6 +56,7 @@ class ToolstackStage(Stage):
     Options: ClassVar[type[StageOptions]] = ToolstackOptions
     artifacts: ClassVar[tuple[str, ...]] = ("build-info.json",)
     heavy: ClassVar[bool] = True
+    buildroot: ClassVar[bool] = True
 
     def run(self, ctx: StageContext) -> None:
         opts: ToolstackOptions = ctx.options

@@ -55,6 +55,8 @@ class XenDebsOptions(StageOptions):
     revision: str = Field("xenforge1", pattern=r"^[a-z][a-z0-9.]*$",
                           description="marks our packages in their version")
     lintian: bool = Field(True, description="run lintian (errors fail the stage)")
+    package_version: str = Field("", description="the Debian upstream version the packages "
+                                 "build on ('': an apt/deb source's, else the Xen version)")
     maintainer: str = Field(description="Maintainer of the packages, 'Name <address>'")
     distribution: str = Field(description="the changelog distribution (the target release)")
 
@@ -118,6 +120,7 @@ class XenDebsStage(Stage):
     version: ClassVar[int] = 2
     Options: ClassVar[type[StageOptions]] = XenDebsOptions
     artifacts: ClassVar[tuple[str, ...]] = ("*.deb", "packages.json", "lintian.txt")
+    buildroot: ClassVar[bool] = True  # dpkg-shlibdeps, dpkg-deb, lintian of the target
     tdir: Path = TEMPLATES
 
     def run(self, ctx: StageContext) -> None:
@@ -128,7 +131,8 @@ class XenDebsStage(Stage):
             if str(info[label]["version"]) != xen_version:
                 raise InputError(f"the {label} input is Xen {info[label]['version']}, "
                                  f"not {xen_version}")
-        base = base_version(opts.source, xen_version)
+        base = (f"{opts.package_version}-0" if opts.package_version
+                else base_version(opts.source, xen_version))
         versions = {label: f"{base}+{opts.revision}~{info[label]['build_id']}"
                     for label in INPUTS}
         for v in versions.values():
@@ -188,11 +192,11 @@ class XenDebsStage(Stage):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_text(env.get_template(overrides.name).render(pkg["variables"]))
             debpkg.normalize(root, plain=pkg.get("plain", []))
-            elves = debpkg.strip_elf(root, log=ctx.log) if pkg.get("strip") else []
+            elves = debpkg.strip_elf(root, run=ctx.run) if pkg.get("strip") else []
             pkg["elves"] = elves
             pkg["shlibs"] = bool(elves)
             self._maintainer_scripts(env, tdir, pkg, root)
-            shlibs = debpkg.shlibs_lines(root, pkg["name"], pkg["version"], log=ctx.log)
+            shlibs = debpkg.shlibs_lines(root, pkg["name"], pkg["version"], run=ctx.run)
             if shlibs:
                 (root / "DEBIAN" / "shlibs").write_text("\n".join(shlibs) + "\n")
                 (root / "DEBIAN" / "triggers").write_text("activate-noawait ldconfig\n")
@@ -203,10 +207,10 @@ class XenDebsStage(Stage):
 
         for pkg in packages:
             root = src_root / "debian" / pkg["name"]
-            debpkg.shlibdeps(src_root, pkg["name"], pkg["elves"], log=ctx.log)
+            debpkg.shlibdeps(src_root, pkg["name"], pkg["elves"], run=ctx.run)
             debpkg.write_control_files(root)
-            debpkg.gencontrol(src_root, pkg["name"], pkg["version"], log=ctx.log)
-            pkg["deb"] = debpkg.build_deb(root, ctx.out, log=ctx.log)
+            debpkg.gencontrol(src_root, pkg["name"], pkg["version"], run=ctx.run)
+            pkg["deb"] = debpkg.build_deb(root, ctx.out, run=ctx.run)
             ctx.note(f"built {pkg['deb'].name}")
 
         self._lintian(ctx, opts, tdir, packages)
@@ -301,7 +305,7 @@ class XenDebsStage(Stage):
         lines: list[str] = []
         for pkg in packages:
             ctx.note(f"lintian {pkg['deb'].name}")
-            report = debpkg.lintian(pkg["deb"], log=ctx.log)
+            report = debpkg.lintian(pkg["deb"], run=ctx.run)
             lines.append(f"== {pkg['deb'].name}: {len(report.errors)} error(s), "
                          f"{len(report.warnings)} warning(s)")
             lines.extend(report.text.splitlines())
