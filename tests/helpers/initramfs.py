@@ -23,6 +23,7 @@ from pathlib import Path
 
 from xenforge.core import run as runner
 from xenforge.core.errors import XenforgeError
+from xenforge.core.sandbox import Sandbox
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run",
@@ -33,7 +34,9 @@ _LDD_RE = re.compile(r"^\s*(?:(\S+) => )?(/\S+) \(0x[0-9a-f]+\)$")
 class Initramfs:
     """An initramfs being assembled in a temporary folder (removed by :meth:`write`)."""
 
-    def __init__(self, busybox: Path = BUSYBOX) -> None:
+    def __init__(self, busybox: Path = BUSYBOX, sysroot: Path | None = None) -> None:
+        """``sysroot``: the root filesystem the binaries were built for (a buildroot):
+        their libraries are looked up and taken from there, not from this host."""
         if not busybox.is_file():
             raise XenforgeError(f"{busybox} is missing",
                                 hint="install busybox-static (ci/setup-host.sh does)")
@@ -42,6 +45,7 @@ class Initramfs:
         for d in DIRS:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self._busybox = busybox
+        self._sysroot = sysroot
         self._module_order: list[str] = []
 
     # -- contents ---------------------------------------------------------------------
@@ -86,7 +90,12 @@ class Initramfs:
     def _add_libs(self, binary: Path, lib_dirs: list[Path], tree: Path | None,
                   log: Path | None) -> None:
         env = {"LD_LIBRARY_PATH": ":".join(str(d) for d in lib_dirs)} if lib_dirs else {}
-        res = runner.run(["ldd", binary], env=env, capture=True, check=False, log=log)
+        argv: list[str | Path] = ["ldd", binary]
+        if self._sysroot is not None:  # the sysroot's loader and libraries, not the host's
+            box = Sandbox(root=self._sysroot, release="sysroot",
+                          readable=[binary, *lib_dirs, *([tree] if tree else [])])
+            argv = list(box.argv([str(a) for a in argv]))
+        res = runner.run(argv, env=env, capture=True, check=False, log=log)
         if res.returncode != 0:  # a static binary or a script: nothing to add
             return
         for line in res.stdout.splitlines():
@@ -101,7 +110,10 @@ class Initramfs:
             if tree is not None and lib.is_relative_to(tree):
                 dest = "/" + lib.relative_to(tree).as_posix()
             if not (self.root / dest.lstrip("/")).exists():
-                self.add_file(dest, lib)
+                inside_tree = tree is not None and lib.is_relative_to(tree)
+                source = lib if inside_tree or self._sysroot is None else \
+                    self._sysroot / str(lib).lstrip("/")
+                self.add_file(dest, source)
 
     def add_modules(self, modules_root: Path, release: str, names: Iterable[str]) -> list[str]:
         """Copy kernel modules (and the modules they depend on, from ``modules.dep``) of

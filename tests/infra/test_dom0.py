@@ -45,6 +45,7 @@ def _script(units: list[str], packages: list[str]) -> str:
         "units": "systemctl show --property=Id,LoadState,ActiveState,SubState "
                  + " ".join(map(shlex.quote, units)),
         "links": "ip -o link show",
+        "os-release": "cat /etc/os-release",
     }
     if packages:
         sections["packages"] = ("dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' "
@@ -189,6 +190,17 @@ def test_guest_bridge_up(facts: dict[str, tuple[int, str]], expect: dict[str, An
     assert line is not None, f"bridge {bridge} does not exist"
     assert re.search(r"state (UP|UNKNOWN)|<[^>]*\bUP\b", line), \
         f"bridge {bridge} is down: {line.strip()}"
+
+
+def test_the_system_is_the_target_release(facts: dict[str, tuple[int, str]],
+                                          expect: dict[str, Any]) -> None:
+    os_release = dict(re.findall(r'^(\w+)="?([^"\n]*)"?$',
+                                 _ok(facts, "os-release", "cat /etc/os-release"), re.M))
+    want = expect.get("os", {})
+    if not want:
+        pytest.skip("no release expected (xenforge test passes the target's)")
+    assert os_release.get("VERSION_CODENAME") == want.get("codename"), \
+        f"dom0 runs {os_release.get('PRETTY_NAME')}, the build targets {want.get('codename')}"
 
 
 def test_packages_are_the_built_ones(facts: dict[str, tuple[int, str]],

@@ -81,6 +81,9 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any]) -> None:
         if want_mode:
             assert fields.get("guest_type") == want_mode, \
                 f"guest {name} runs as {fields.get('guest_type')}, the recipe asks {want_mode}"
+        if guest.get("os"):
+            assert fields.get("os") == guest["os"], \
+                f"guest {name} runs {fields.get('os')}, the build targets {guest['os']}"
         if guest.get("kernel_release"):
             assert fields.get("kernel") == guest["kernel_release"], \
                 f"guest {name} runs kernel {fields.get('kernel')}, built {guest['kernel_release']}"

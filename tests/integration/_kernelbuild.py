@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _xenbuild import REPO, Built, recipe_node, run_stage
+from _xenbuild import RECIPE, RELEASE, Built, buildroot, recipe_node, run_stage
 
 from xenforge.cache import Cache
+from xenforge.recipe.load import load_recipe
 
-LINE = REPO / "kernel_patches" / "linux-6.1"
+#: the default recipe's kernel line (kernel_patches/linux-6.12)
+LINE = load_recipe(RECIPE).recipe.kernels["dom0"].line
 
 
 def fragment(name: str) -> Path:
@@ -29,13 +31,13 @@ def kernel_tree(cache: Cache) -> Built:
 
 
 #: the packaging settings the planner passes every kernel
-PACKAGING = {"maintainer": "xenforge <xenforge@example.org>", "distribution": "bookworm"}
+PACKAGING = {"maintainer": "xenforge <xenforge@example.org>", "distribution": RELEASE}
 
 
 def build_kernel(cache: Cache, tree: Built, fragments: list[Path], **options: Any) -> Built:
     return run_stage(cache, "kernel", {"base": "tinyconfig", **PACKAGING, **options},
-                     inputs={"tree": tree}, files={"fragments": list(fragments)},
-                     node="kernel:test")
+                     inputs={"tree": tree, "buildroot": buildroot(cache)},
+                     files={"fragments": list(fragments)}, node="kernel:test")
 
 
 def dom0_kernel(cache: Cache, tree: Built) -> Built:

@@ -27,6 +27,7 @@ from xenforge.build.executor import Executor
 from xenforge.cache import Cache
 from xenforge.cli.progress import Progress
 from xenforge.core.hashing import sha256_json, tree_hash
+from xenforge.core.sandbox import Sandbox
 from xenforge.plan import build_env, plan
 from xenforge.plan.graph import BuildEnv
 from xenforge.recipe.load import load_recipe
@@ -35,7 +36,6 @@ from xenforge.stages.base import StageContext
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "xen-host.yaml"
-SPEC = REPO / "hypervisor" / "xen-4.17.yaml"
 HEAVY_LOCK = Path("/tmp/xenforge-heavy.lock")
 
 
@@ -48,9 +48,24 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def spec_file(recipe: Path = RECIPE) -> Path:
+    """The hypervisor spec the recipe builds (hypervisor/xen-4.20.yaml for the default)."""
+    loaded = load_recipe(recipe)
+    assert loaded.recipe.hypervisor is not None
+    return loaded.recipe.hypervisor.spec
+
+
+SPEC = spec_file()
+
+
 def load_spec() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(SPEC.read_text())
     return data
+
+
+#: the default recipe's Xen: its series ("4.20"), its target release ("trixie")
+SERIES = ".".join(str(load_spec()["version"]).split(".")[:2])
+RELEASE = load_recipe(RECIPE).recipe.target.release
 
 
 @dataclass
@@ -105,7 +120,13 @@ def run_stage(cache: Cache, stage: str, options: Mapping[str, Any], *,
         log.write_text(f"[test] node {stage} id {node_id}\n")
         work = cache.work(node_id)
         with cache.staging(node_id) as staging:
+            sandbox = None
+            if cls.buildroot and "buildroot" in inputs:
+                sandbox = Sandbox(root=inputs["buildroot"].out / "root", release=env.target,
+                                  writable=[work, staging, cache.ccache_dir, cache.scratch_dir],
+                                  readable=[b.out for k, b in inputs.items() if k != "buildroot"])
             ctx = StageContext(node=node or stage, node_id=node_id, options=opts,
+                               sandbox=sandbox,
                                inputs={k: b.out for k, b in inputs.items()},
                                files={k: p if isinstance(p, Path) else tuple(p)
                                       for k, p in files.items()},
@@ -146,12 +167,17 @@ def recipe_node(cache: Cache, name: str, recipe: Path = RECIPE) -> Built:
 
 
 def xen_source(cache: Cache) -> Built:
-    return recipe_node(cache, "source:xen-4.17")
+    return recipe_node(cache, f"source:{load_spec()['name']}")
+
+
+def buildroot(cache: Cache) -> Built:
+    """The default recipe's buildroot (its target release's)."""
+    return recipe_node(cache, f"buildroot:debian-{RELEASE}")
 
 
 def xen_tree(cache: Cache, patches: Path | None = None) -> Built:
     if patches is None:
-        return recipe_node(cache, "tree:xen-4.17")
+        return recipe_node(cache, f"tree:{load_spec()['name']}")
     return run_stage(cache, "tree", {}, inputs={"source": xen_source(cache)},
                      files={"patches": patches})
 
@@ -167,7 +193,8 @@ def hypervisor(cache: Cache, tree: Built, *, extra_fragments: list[Path] | None 
         return recipe_node(cache, "hypervisor")
     spec = load_spec()
     return run_stage(cache, "hypervisor", {"version": spec["version"], **options},
-                     inputs={"tree": tree}, files=fragments(spec, extra_fragments))
+                     inputs={"tree": tree, "buildroot": buildroot(cache)},
+                     files=fragments(spec, extra_fragments))
 
 
 def toolstack(cache: Cache, tree: Built) -> Built:

@@ -61,7 +61,7 @@ def test_guest_disk(built: dict[str, xb.Built]) -> None:
     info = xb.read_json(out / "image-info.json")
     assert info["role"] == "guest" and (out / "guest.ext4").is_file()
     assert (out / "vmlinuz").is_file()
-    assert info["os_release"]["VERSION_CODENAME"] == "bookworm"
+    assert info["os_release"]["VERSION_CODENAME"] == xb.RELEASE
     # the guest kernel is the recipe's, from the local repository, and installed
     assert [p["name"] for p in info["xenforge_packages"]] == [
         f"linux-image-{info['kernel_version']}"]

@@ -26,7 +26,7 @@ DOM0_CMDLINE = "console=hvc0 earlyprintk=xen"
 TOOLS = ["usr/sbin/xl", "usr/sbin/xenstored", "usr/sbin/xenconsoled",
          "usr/lib/xen/bin/xen-init-dom0"]
 GUESTS = ("pv", "pvh")
-LIBGCC = Path("/usr/lib/x86_64-linux-gnu/libgcc_s.so.1")
+LIBGCC = "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1"
 
 GUEST_INIT = """#!/bin/sh
 mount -t proc proc /proc
@@ -101,11 +101,12 @@ def guest_initrd(dest: Path, log: Path) -> Path:
 
 
 def dom0_initrd(dest: Path, toolstack_install: Path, guest_vmlinuz: Path, guest_ramfs: Path,
-                log: Path) -> Path:
-    ramfs = Initramfs()
+                log: Path, sysroot: Path) -> Path:
+    # the toolstack was built in the buildroot: its libraries come from there
+    ramfs = Initramfs(sysroot=sysroot)
     ramfs.add_tree_binaries(toolstack_install, TOOLS, log=log)
     # libxl cancels threads: glibc dlopen()s libgcc_s for that, which ldd does not list
-    ramfs.add_file(str(LIBGCC), LIBGCC)
+    ramfs.add_file(LIBGCC, sysroot / LIBGCC.lstrip("/"))
     ramfs.add_text("etc/xen/xl.conf", "")
     ramfs.add_file("guest/vmlinuz", guest_vmlinuz)
     ramfs.add_file("guest/initrd.gz", guest_ramfs)
@@ -158,7 +159,8 @@ def test_dom0_and_pv_pvh_guests_boot(tmp_path: Path) -> None:
     log = tmp_path / "boot.log"
     g_ramfs = guest_initrd(tmp_path / "guest-initrd.gz", log)
     d_ramfs = dom0_initrd(tmp_path / "dom0-initrd.gz", toolstack.out / "install",
-                          guest.out / "vmlinuz", g_ramfs, log)
+                          guest.out / "vmlinuz", g_ramfs, log,
+                          sysroot=xb.buildroot(cache).out / "root")
     iso = xen_iso(tmp_path / "boot.iso", xen_gz=hypervisor.out / "xen.gz",
                   vmlinuz=dom0.out / "vmlinuz", initrd=d_ramfs,
                   xen_cmdline=XEN_CMDLINE, dom0_cmdline=DOM0_CMDLINE,

@@ -1,5 +1,5 @@
-"""The kernel stage's linux-image .deb installs on Debian 12 and initramfs-tools makes an
-initramfs for it (in a debootstrap chroot; root only)."""
+"""The kernel stage's linux-image .deb installs on the target release and initramfs-tools
+makes an initramfs for it (in a debootstrap chroot; root only)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Build Xen 4.17 through the stages (source -> tree -> hypervisor / toolstack -> xen-debs)
-and check what they produce; install the packages into a Debian 12 chroot.
+"""Build the default recipe's Xen through the stages (source -> tree -> hypervisor / toolstack
+-> xen-debs, in the target release's buildroot) and check what they produce; install the
+packages into a chroot of the target release.
 
 Outputs are cached in $XENFORGE_TEST_CACHE (default /var/tmp/xenforge-test-cache): the first
 run compiles (minutes), later runs reuse the nodes. Compiler-heavy work takes
@@ -67,7 +68,11 @@ def is_pe32_plus(path: Path) -> bool:
 
 def test_hypervisor_outputs(hyp: xb.Built) -> None:
     info = xb.read_json(hyp.out / "build-info.json")
-    assert info["build_id"] == hyp.id[:12]
+    # compiled by the target release's gcc (the buildroot's), not the host's
+    br = xb.read_json(xb.buildroot(xb.test_cache()).out / "buildroot.json")["packages"]
+    gcc = next(v for name, v in br.items() if re.fullmatch(r"gcc-\d+", name))
+    assert f"(Debian {gcc})" in info["compiler"], (info["compiler"], gcc)
+    assert hyp.id.startswith(info["build_id"]) and len(info["build_id"]) >= 6
     assert info["version"] == xb.load_spec()["version"]
     assert info["extraversion"] == f".{info['version'].split('.')[2]}+{info['build_id']}"
     assert "0001-xen-build-tag-in-version-and-boot-log.patch" in info["patches"]
@@ -138,7 +143,7 @@ def test_toolstack_outputs(tools: xb.Built) -> None:
                 "usr/lib/xen/bin/xen-init-dom0", "etc/xen/scripts/vif-bridge",
                 "etc/init.d/xencommons", "usr/lib/systemd/system/xenstored.service",
                 "usr/lib/systemd/system/xenconsoled.service",
-                "usr/lib/x86_64-linux-gnu/libxenlight.so.4.17.0"):
+                f"usr/lib/x86_64-linux-gnu/libxenlight.so.{xb.SERIES}.0"):
         assert (root / rel).exists(), rel
     assert not (root / "usr" / "local").exists()  # python modules in dist-packages
     assert list((root / "usr/lib/python3/dist-packages").glob("xen/lowlevel/xc*.so"))
@@ -159,7 +164,9 @@ def test_debs_fields_and_lintian(debs: xb.Built, hyp: xb.Built, tools: xb.Built)
     names = {p["name"]: p for p in meta["packages"]}
     assert set(names) == {"xenforge-xen-hypervisor", "xenforge-xen-utils",
                           "xenforge-libxen-dev"}
-    src_version = xb.load_spec()["source"]["apt"].split("=", 1)[1]
+    spec = xb.load_spec()
+    src_version = (f"{spec['package_version']}-0" if spec.get("package_version")
+                   else spec["source"]["apt"].split("=", 1)[1])
     hyp_id = xb.read_json(hyp.out / "build-info.json")["build_id"]
     tools_id = xb.read_json(tools.out / "build-info.json")["build_id"]
     assert names["xenforge-xen-hypervisor"]["version"] == f"{src_version}+xenforge1~{hyp_id}"
@@ -167,16 +174,23 @@ def test_debs_fields_and_lintian(debs: xb.Built, hyp: xb.Built, tools: xb.Built)
 
     hv = debs.out / names["xenforge-xen-hypervisor"]["file"]
     listing = runner.run(["dpkg-deb", "-c", hv], capture=True).stdout
-    assert "./boot/xen-4.17.5-xenforge.gz" in listing
+    assert f"./boot/xen-{spec['version']}-xenforge.gz" in listing
     assert "./etc/default/grub.d/xenforge-xen.cfg" in listing
-    assert "xen-hypervisor-4.17-amd64" in deb_field(hv, "Conflicts")
+    assert f"xen-hypervisor-{xb.SERIES}-amd64" in deb_field(hv, "Conflicts")
 
     utils = debs.out / names["xenforge-xen-utils"]["file"]
     depends = deb_field(utils, "Depends")
     assert re.search(r"\blibc6 \(>= ", depends)  # computed by dpkg-shlibdeps
     assert "libyajl2" in depends and "xenforge-xen-utils" not in depends
     provides = deb_field(utils, "Provides")
-    assert f"libxenmisc4.17 (= {src_version}+xenforge1~{tools_id})" in provides
+    assert f"libxenmisc{xb.SERIES} (= {src_version}+xenforge1~{tools_id})" in provides
+    # packaged in the target's buildroot: the libc6 it asks for is the target's
+    br = xb.read_json(xb.buildroot(xb.test_cache()).out / "buildroot.json")
+    wanted = re.search(r"\blibc6 \(>= ([^)]+)\)", depends)
+    assert wanted is not None
+    assert runner.run(["dpkg", "--compare-versions", wanted.group(1), "le",
+                       br["packages"]["libc6"]], check=False).returncode == 0
+
     ulist = runner.run(["dpkg-deb", "-c", utils], capture=True).stdout
     assert "./usr/sbin/xl" in ulist and "./etc/init.d/" not in ulist
     assert "__pycache__" not in ulist
@@ -191,8 +205,9 @@ def test_debs_fields_and_lintian(debs: xb.Built, hyp: xb.Built, tools: xb.Built)
 # -- install into Debian 12 --------------------------------------------------------------
 
 def debootstrap_tarball(cache: xb.Cache) -> Path:
-    """A minbase bookworm root as a tarball in the test cache (built once, under the lock)."""
-    tarball = cache.root / "debootstrap" / "bookworm-minbase.tar"
+    """A minbase root of the target release as a tarball in the test cache (built once,
+    under the lock)."""
+    tarball = cache.root / "debootstrap" / f"{xb.RELEASE}-minbase.tar"
     if tarball.is_file():
         return tarball
     tarball.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +216,7 @@ def debootstrap_tarball(cache: xb.Cache) -> Path:
         if tarball.is_file():
             return tarball
         shutil.rmtree(tmp, ignore_errors=True)
-        runner.run(["debootstrap", "--variant=minbase", "bookworm", tmp, MIRROR],
+        runner.run(["debootstrap", "--variant=minbase", xb.RELEASE, tmp, MIRROR],
                    timeout=1800)
         runner.run(["tar", "-C", tmp, "-cf", f"{tarball}.tmp", "."])
         os.replace(f"{tarball}.tmp", tarball)
@@ -215,7 +230,7 @@ def chroot(root: Path, *cmd: str, check: bool = True) -> runner.Result:
 
 
 @pytest.mark.root
-def test_debs_install_on_debian12_replacing_debians_xen(cache: xb.Cache, debs: xb.Built,
+def test_debs_install_on_the_target_replacing_debians_xen(cache: xb.Cache, debs: xb.Built,
                                                         tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (chroot)")
@@ -225,7 +240,8 @@ def test_debs_install_on_debian12_replacing_debians_xen(cache: xb.Cache, debs: x
     shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
     chroot(root, "apt-get", "update", "-q")
     # Debian's own Xen toolstack first: ours must replace it
-    chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", "xen-utils-4.17")
+    chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
+           f"xen-utils-{xb.SERIES}")
     pkgs = root / "tmp" / "debs"
     pkgs.mkdir()
     for deb in debs.out.glob("*.deb"):
@@ -236,11 +252,12 @@ def test_debs_install_on_debian12_replacing_debians_xen(cache: xb.Cache, debs: x
     status = chroot(root, "dpkg-query", "-W", "-f", "${Package} ${Status}\\n").stdout
     for name in ("xenforge-xen-hypervisor", "xenforge-xen-utils", "xenforge-libxen-dev"):
         assert f"{name} install ok installed" in status, status
-    for gone in ("xen-utils-4.17", "xen-utils-common", "libxenmisc4.17", "xenstore-utils"):
+    for gone in (f"xen-utils-{xb.SERIES}", "xen-utils-common", f"libxenmisc{xb.SERIES}",
+                 "xenstore-utils"):
         assert not re.search(rf"^{re.escape(gone)} install ok installed", status, re.M), gone
     owner = chroot(root, "dpkg", "-S", "/usr/sbin/xl").stdout
     assert owner.startswith("xenforge-xen-utils:"), owner
-    assert (root / "boot" / "xen-4.17.5-xenforge.gz").is_file()
+    assert (root / "boot" / f"xen-{xb.load_spec()['version']}-xenforge.gz").is_file()
     # the postinst enabled the dom0 services (systemd is not running in a chroot)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     for unit in ("xenstored.service", "xenconsoled.service", "xen-init-dom0.service"):

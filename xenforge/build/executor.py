@@ -244,7 +244,8 @@ class Executor:
         with contextlib.suppress(XenforgeError, OSError):  # built; the next build retries
             remove_tree(work)
         self._write_refs(node)
-        detail = node.id[:12] + (f" (waited {sum(waited):.0f}s for inputs)" if waited else "")
+        idle = sum(waited)
+        detail = node.id[:12] + (f" (waited {idle:.0f}s for inputs)" if idle >= 1 else "")
         self.progress.finished(node.name, "built", detail, seconds)
         return NodeResult(node.name, node.id, "built", seconds, out=self.cache.out(node.id),
                           waited=sum(waited), started=start, ended=time.monotonic())

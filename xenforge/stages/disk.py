@@ -161,7 +161,8 @@ class DiskStage(Stage):
             "files": files,
             "guests": [{"name": g.name, "type": g.type, "memory": g.memory,
                         "vcpus": g.vcpus, "autostart": g.autostart, "hostname": g.hostname,
-                        "image": gi["name"], "kernel_version": gi.get("kernel_version")}
+                        "image": gi["name"], "kernel_version": gi.get("kernel_version"),
+                        "os": (gi.get("os_release") or {}).get("VERSION_CODENAME")}
                        for g, gi in zip(opts.guests, guest_infos, strict=True)],
             "seconds": {**info.get("seconds", {}),
                         "disk": round(time.monotonic() - started, 1),

@@ -73,8 +73,16 @@ def expectations(out: Path) -> dict[str, Any]:
     expect["dom0"] = dom0
     expect["packages"] = {p["name"]: p["version"] for p in info.get("xenforge_packages", [])
                           if p.get("installed")}
+    # the C library the image was built with (the target release's): the host runs it
+    libc = (info.get("packages") or {}).get("libc6")
+    if libc:
+        expect["packages"]["libc6"] = libc
+    codename = (info.get("os_release") or {}).get("VERSION_CODENAME")
+    if codename:
+        expect["os"] = {"codename": codename}
     expect["guests"] = [
         {"name": g["name"], "type": g["type"], "memory": g["memory"],
-         "kernel_release": g.get("kernel_version"), "config": f"/etc/xen/{g['name']}.cfg"}
+         "kernel_release": g.get("kernel_version"), "config": f"/etc/xen/{g['name']}.cfg",
+         **({"os": g["os"]} if g.get("os") else {})}
         for g in info.get("guests", [])]
     return expect
