@@ -28,7 +28,7 @@ def test_registered_heavy_and_exports_its_artifacts() -> None:
     stage = get_stage("kernel")
     assert stage is KernelStage and stage.heavy
     assert set(stage.artifacts) == {"vmlinuz", "config", "System.map", "*.deb",
-                                    "build-info.json"}
+                                    "lintian.txt", "build-info.json"}
 
 
 def test_options_are_strict() -> None:

@@ -70,10 +70,16 @@ class Sandbox:
             args += ["--chdir", str(cwd)]
         return [*args, "--", *command]
 
-    def find(self, program: str) -> Path | None:
-        """Where ``program`` is inside the buildroot (None: it is not there)."""
+    def find(self, program: str, cwd: Path | None = None) -> Path | None:
+        """Where ``program`` is as the sandbox sees it (None: it is not there): a bare name
+        in the buildroot's PATH, a path in a bound host dir (``./configure`` of the work
+        dir) or in the buildroot."""
         if "/" in program:
-            target = self.root / program.lstrip("/")
+            path = Path(program) if os.path.isabs(program) else (cwd or Path.cwd()) / program
+            path = Path(os.path.abspath(path))
+            if any(path == b or b in path.parents for b in (*self.writable, *self.readable)):
+                return path if os.path.lexists(path) else None
+            target = self.root / str(path).lstrip("/")
             return target if os.path.lexists(target) else None
         for d in PATH_DIRS:
             candidate = self.root / d / program

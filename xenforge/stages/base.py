@@ -121,9 +121,9 @@ class StageContext:
         if self.sandbox is None or host:
             return runner.run(argv, **kw)
         args = [os.fspath(a) for a in argv]
-        if self.sandbox.find(args[0]) is None:
-            raise self.sandbox.missing_program_error(args[0])
         cwd = kw.pop("cwd", None)
+        if self.sandbox.find(args[0], cwd) is None:
+            raise self.sandbox.missing_program_error(args[0])
         try:
             return runner.run(self.sandbox.argv(args, cwd=cwd), **kw)
         except CommandFailed as exc:

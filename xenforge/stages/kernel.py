@@ -40,7 +40,7 @@ from pydantic import Field
 
 from xenforge.core.errors import InputError, StageFailed
 from xenforge.core.hashing import sha256_json
-from xenforge.lib import kconfig
+from xenforge.lib import debpkg, kconfig
 from xenforge.lib.kconfig import Setting
 from xenforge.lib.kconfig_index import KconfigIndex, check_survived
 from xenforge.stages.base import Stage, StageContext, StageOptions
@@ -69,6 +69,7 @@ class KernelOptions(StageOptions):
                             "domain: lintian rejects localhost)")
     distribution: str = Field(description="the .debs' changelog distribution (the target "
                               "release, e.g. bookworm)")
+    lintian: bool = Field(True, description="run lintian on the .debs (errors fail)")
 
 
 def _timestamp(epoch: int) -> str:
@@ -79,7 +80,7 @@ class KernelStage(Stage):
     name = "kernel"
     version = 1
     Options = KernelOptions
-    artifacts = ("vmlinuz", "config", "System.map", "*.deb", "build-info.json")
+    artifacts = ("vmlinuz", "config", "System.map", "*.deb", "lintian.txt", "build-info.json")
     heavy = True
     buildroot = True
 
@@ -281,4 +282,24 @@ class KernelStage(Stage):
         for want in wants:
             if want not in listing:
                 raise StageFailed(ctx.node, f"{image[0]} lacks {want}", log=ctx.log)
+        if opts.lintian:
+            self._lintian(ctx, debs)
         return debs
+
+    @staticmethod
+    def _lintian(ctx: StageContext, debs: list[str]) -> None:
+        """lintian (the target's) on every package: errors fail the stage, as for Xen's."""
+        lines: list[str] = []
+        errors: list[str] = []
+        for name in debs:
+            report = debpkg.lintian(ctx.out / name, run=ctx.run)
+            lines.append(f"== {name}: {len(report.errors)} error(s), "
+                         f"{len(report.warnings)} warning(s)")
+            lines.extend(report.text.splitlines())
+            errors.extend(f"{name}: {e}" for e in report.errors)
+        (ctx.out / "lintian.txt").write_text("\n".join(lines) + "\n")
+        if errors:
+            raise StageFailed(ctx.node, f"lintian found {len(errors)} error(s):\n  "
+                              + "\n  ".join(errors), log=ctx.log,
+                              hint="a Maintainer needs a real mail domain (the recipe's "
+                              "`maintainer:`); the lintian report is lintian.txt")
