@@ -149,3 +149,15 @@ def test_a_cache_below_a_hidden_dir_is_refused(tmp_path: Path) -> None:
                   writable=[Path("/usr/local/xenforge-cache/work")])
     with pytest.raises(InputError, match="below /usr"):
         box.check_paths()
+
+
+def test_sandbox_finds_programs_in_bound_dirs_and_the_buildroot(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "configure").write_text("#!/bin/sh\n")
+    box = Sandbox(root=root, release="debian/trixie", writable=[work])
+    assert box.find("./configure", cwd=work) == work / "configure"  # the work dir's
+    assert box.find("./missing", cwd=work) is None
+    assert box.find("/usr/bin/make") == root / "usr/bin/make"  # the buildroot's
+    assert box.find(str(work / "configure")) == work / "configure"
