@@ -435,3 +435,30 @@ def test_json_progress_and_debug_logging(fx: Path, tmp_path: Path,
     assert cli.main(argv[1:]) == 0  # again: cached, and quiet about commands
     again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {e["node"] for e in again if e["event"] == "cached"} == {"source:mini", "tree:mini"}
+
+
+def test_an_export_never_replaces_a_folder_that_is_not_one(fx: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    """-o home with a recipe named like a user's folder: exit 2 before building, and the
+    folder keeps every file; a previous export of xenforge is replaced."""
+    out = tmp_path / "home"
+    mine = out / "mini-kernel"
+    mine.mkdir(parents=True)
+    (mine / "thesis.tex").write_text("years of work")
+    argv = ["--cache-dir", str(tmp_path / "cache"), "build", str(fx / "kernel.yaml"),
+            "--target", "tree:mini", "-o", str(out), "--plain"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds files that are not an export of xenforge" in err and "Traceback" not in err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert not (tmp_path / "cache" / "objects").exists() or \
+        not list((tmp_path / "cache" / "objects").glob("*/*"))  # nothing was built
+    (mine / "thesis.tex").rename(tmp_path / "thesis.tex")
+    assert cli.main(argv) == 0  # an empty folder is fine
+    assert cli.main(argv) == 0  # and so is our own export
+    assert json.loads((mine / "manifest.json").read_text())["generator"] == "xenforge"
+    (tmp_path / "file").write_text("x")
+    argv[argv.index(str(out))] = str(tmp_path / "file" / "sub")
+    assert cli.main(argv) == 2
+    assert "not a writable folder" in capsys.readouterr().err

@@ -99,7 +99,7 @@ def _progress(args: argparse.Namespace, logfile: Path) -> Progress:
 def cmd_build(args: argparse.Namespace) -> int:
     from xenforge.build.executor import Executor
     from xenforge.core.errors import InputError
-    from xenforge.export.artifacts import export, human_size
+    from xenforge.export.artifacts import check_destination, export, human_size
     from xenforge.plan import plan_many
     from xenforge.recipe.model import TestsSection
 
@@ -111,6 +111,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     graph = plan_many(loadeds)
     if args.target:
         graph = graph.only(args.target)
+    for loaded in loadeds:  # before anything is built: a folder of the user's stays untouched
+        check_destination(Path(args.out) / loaded.name)
     cache = cache_of(args)
     logs = cache.state.logs(graph.recipe)
     progress = _progress(args, logs / "build.log")

@@ -13,9 +13,13 @@ from pathlib import Path
 
 from xenforge.build.executor import NodeResult
 from xenforge.cache import Cache
+from xenforge.core.errors import InputError
 from xenforge.core.hashing import sha256_file
 from xenforge.plan.graph import Graph
 from xenforge.stages import get_stage
+
+#: what an export's manifest says made it
+GENERATOR = "xenforge"
 
 
 @dataclass
@@ -26,9 +30,39 @@ class Artifact:
     sha256: str
 
 
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is a folder xenforge exported (its manifest says so)."""
+    try:
+        data = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("generator") == GENERATOR or
+                                       {"recipe", "nodes", "artifacts"} <= set(data))
+
+
+def check_destination(dest: Path) -> None:
+    """Refuse, before anything is built, an export folder that is not one of ours: only a
+    previous export of xenforge is ever replaced (a user's folder of that name is not)."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise InputError(f"{dest} exists and is not a folder xenforge exported",
+                         hint="pass another -o/--out, or move it away")
+    if dest.is_dir() and any(dest.iterdir()) and not is_export(dest):
+        raise InputError(f"{dest} holds files that are not an export of xenforge (no "
+                         "manifest of ours); it is left untouched",
+                         hint="pass another -o/--out, or move that folder away")
+    parent = dest.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write the export folder {dest} ({parent} is not a writable "
+                         "folder)", hint="pass a writable -o/--out")
+
+
 def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Path
            ) -> list[Artifact]:
-    """Publish every built node's artifacts under ``dest`` (replacing its previous content)."""
+    """Publish every built node's artifacts under ``dest`` (replacing a previous export of
+    xenforge there; anything else is refused by :func:`check_destination`)."""
+    check_destination(dest)
     staging = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -56,6 +90,7 @@ def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Pat
     (staging / "SHA256SUMS").write_text(
         "".join(f"{a.sha256}  {a.path.as_posix()}\n" for a in artifacts))
     manifest = {
+        "generator": GENERATOR,
         "recipe": graph.recipe,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "nodes": [{"name": n.name, "id": n.id, "stage": n.stage, "status":
