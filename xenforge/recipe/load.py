@@ -3,6 +3,7 @@ cross-field checks. Every problem of every file is collected and reported at onc
 
 from __future__ import annotations
 
+import copy
 import difflib
 import types
 import typing
@@ -67,14 +68,27 @@ def _copy_origins(src: Origins, dst: Origins, loc: Loc) -> None:
             dst[k] = v
 
 
-def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem]
+#: how deep ``extends`` may nest (a chain longer than this is a mistake, not a design)
+MAX_EXTENDS_DEPTH = 16
+
+
+def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem],
+                       seen: dict[Path, tuple[Any, Origins]] | None = None
                        ) -> tuple[dict[str, Any], Origins]:
+    """The merged data of ``file`` and what it extends. Each file is read once per load
+    (``seen``), however often the chains name it; a file listed twice in one ``extends``
+    and chains deeper than MAX_EXTENDS_DEPTH are errors."""
     file = file.resolve()
+    seen = {} if seen is None else seen
     try:
-        data, origins = load_yaml(file)
+        if file not in seen:
+            seen[file] = load_yaml(file)
+        raw, raw_origins = seen[file]
     except LoadError as exc:
         problems.extend(exc.problems)
         raise _Unreadable from exc
+    data = copy.deepcopy(raw)
+    origins = Origins(raw_origins)
     if not isinstance(data, dict):
         problems.append(Problem(file, 1, "", "a recipe must be a mapping of sections",
                                 "start with `schema: 1` and sections such as `hypervisor:`"))
@@ -85,6 +99,11 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem]
         data["extends"] = extends
     merged: dict[str, Any] = {}
     merged_o = Origins()
+    if isinstance(extends, list) and len(stack) >= MAX_EXTENDS_DEPTH:
+        problems.append(Problem(file, None, "extends", f"extends nests deeper than "
+                                f"{MAX_EXTENDS_DEPTH} files", "flatten the chain"))
+        raise _Unreadable
+    listed: set[Path] = set()
     if isinstance(extends, list):
         for i, ref in enumerate(extends):
             pos = origins.find(("extends", i))
@@ -92,6 +111,12 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem]
             if not isinstance(ref, str) or "\0" in ref:
                 continue  # the model reports the wrong type or the bad path
             target = (file.parent / ref).resolve()
+            if target in listed:
+                problems.append(Problem(file, line, f"extends[{i}]",
+                                        f"{ref} is listed twice in extends",
+                                        "name each recipe once"))
+                continue
+            listed.add(target)
             if target in stack or target == file:
                 chain = " -> ".join(p.name for p in [*stack, file, target])
                 problems.append(Problem(file, line, f"extends[{i}]", f"extends cycle: {chain}",
@@ -102,7 +127,7 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem]
                                         f"extended recipe not found: {target}",
                                         "paths in extends are relative to this file"))
                 continue
-            base, base_o = _read_with_extends(target, [*stack, file], problems)
+            base, base_o = _read_with_extends(target, [*stack, file], problems, seen)
             base.pop("extends", None)
             base.pop("name", None)  # a name belongs to its own file
             merged = merge(merged, base, merged_o, base_o)

@@ -30,6 +30,12 @@ class Located(str):
         obj.line = line
         return obj
 
+    def __copy__(self) -> Located:
+        return self  # immutable: a copy may be the same object
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Located:
+        return self
+
 
 class Origins(dict[Loc, tuple[Path, int]]):
     """field path -> (file, line) of where it was last set."""
