@@ -291,3 +291,30 @@ def test_extends_reads_each_file_once_and_refuses_duplicates_and_depth(tmp_path:
     (tmp_path / "b.yaml").write_text("schema: 1\nextends: [l0.yaml]\n")
     (tmp_path / "top.yaml").write_text("schema: 1\nextends: [a.yaml, b.yaml]\n")
     assert load_recipe(tmp_path / "top.yaml").recipe.description == "leaf"
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/", "fifo"])
+def test_special_files_and_wrong_kinds_of_path_are_refused_at_once(tmp_path: Path,
+                                                                   special: str) -> None:
+    """/dev/zero as a spec, a folder as a fragment, a FIFO as a recipe: a clear problem,
+    never a hang or an out-of-memory."""
+    if special == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        special = str(tmp_path / "fifo")
+    (tmp_path / "r.yaml").write_text(f"schema: 1\nhypervisor: {{spec: {special}}}\n")
+    with pytest.raises(ValidationFailed) as exc:
+        load_recipe(tmp_path / "r.yaml")
+    assert "hypervisor.spec" in exc.value.render()
+    assert "not a regular file" in exc.value.render()
+    with pytest.raises(ValidationFailed) as exc:
+        load_recipe(Path(special))
+    assert "not a regular file" in exc.value.render()
+
+
+def test_a_huge_yaml_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)  # sparse: 64 MiB of NUL
+    with pytest.raises(ValidationFailed) as exc:
+        load_recipe(big)
+    assert "larger than a recipe can be" in exc.value.render()

@@ -326,6 +326,10 @@ def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...],
     from xenforge.recipe.checks import check_recipe  # cross-field rules
 
     file = file.resolve()
+    if file.exists() and not file.is_file():
+        problems.append(Problem(file, None, "", "not a regular file (a device, FIFO or folder "
+                                "is no recipe)", "give the path of a .yaml recipe"))
+        return None
     if not file.is_file():
         problems.append(Problem(file, None, "", "recipe not found",
                                 "give the path of a .yaml recipe, e.g. recipes/xen-host.yaml"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,23 +37,40 @@ def resolve_path(value: Any) -> Any:
     return value
 
 
-def _must_exist(p: Path) -> Path:
-    if not p.exists():
-        raise ValueError(f"no such file or directory: {p}")
+def _kind(p: Path) -> str | None:
+    """"file", "dir", "special" (device, FIFO, socket) or None (missing, a symlink loop)."""
+    try:
+        mode = p.stat().st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return "file"
+    return "dir" if stat.S_ISDIR(mode) else "special"
+
+
+def _regular_file(p: Path) -> Path:
+    kind = _kind(p)
+    if kind is None:
+        raise ValueError(f"no such file: {p}")
+    if kind != "file":
+        raise ValueError(f"{p} is a {'folder' if kind == 'dir' else 'special file'}, "
+                         "not a regular file")
     return p
 
 
-def _must_be_dir(p: Path) -> Path:
-    if not p.is_dir():
-        raise ValueError(f"not a directory: {p}")
+def _directory(p: Path) -> Path:
+    kind = _kind(p)
+    if kind is None:
+        raise ValueError(f"no such folder: {p}")
+    if kind != "dir":
+        raise ValueError(f"not a folder: {p}")
     return p
 
 
-#: a path that must exist, relative to the file that names it
-FilePath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_must_exist)]
-#: a directory that must exist, relative to the file that names it
-DirPath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_must_exist),
-                    AfterValidator(_must_be_dir)]
+#: a regular file that must exist, relative to the file that names it
+FilePath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_regular_file)]
+#: a folder that must exist, relative to the file that names it
+DirPath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_directory)]
 
 #: names used as keys and references: lower case, digits, dot, dash, underscore
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]

@@ -8,6 +8,7 @@ map from a field path (a tuple of keys and indexes) to (file, line), for error m
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,25 @@ def _refuse_aliases(root: yaml.Node) -> None:
             stack += node.value
 
 
+#: the largest recipe or spec file read (a recipe is a few KiB; /dev/zero is not one)
+MAX_YAML_BYTES = 1 << 20
+
+
 def load_yaml(file: Path) -> tuple[Any, Origins]:
-    """Parse one YAML file; raise a located :class:`Problem` list on syntax errors."""
+    """Parse one YAML file (a regular file of at most MAX_YAML_BYTES); raise a located
+    :class:`Problem` list on anything else and on syntax errors."""
     origins = Origins()
     try:
-        text = file.read_text(encoding="utf-8")
+        st = file.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise LoadError([Problem(file, None, "", "not a regular file (a device, FIFO or "
+                                     "folder is no recipe)", "name a .yaml file")])
+        if st.st_size > MAX_YAML_BYTES:
+            raise LoadError([Problem(file, None, "", f"{st.st_size} bytes: larger than a "
+                                     f"recipe can be ({MAX_YAML_BYTES} bytes)",
+                                     "name the recipe, not a data file")])
+        with open(file, encoding="utf-8") as f:
+            text = f.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError as exc:
         raise LoadError([Problem(file, None, "", "file not found",
                                  "check the path (relative paths are relative to the file "
