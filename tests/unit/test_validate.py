@@ -318,3 +318,19 @@ def test_a_huge_yaml_file_is_refused_without_reading_it(tmp_path: Path) -> None:
     with pytest.raises(ValidationFailed) as exc:
         load_recipe(big)
     assert "larger than a recipe can be" in exc.value.render()
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("elements", '["-o/tmp/x"]', "elements[0]"),
+    ("packages", '["a,b"]', "packages[0]"),
+    ("packages", '["vim; rm -rf /"]', "packages[0]"),
+])
+def test_names_that_reach_an_argv_are_checked(tmp_path: Path, field: str, value: str,
+                                             says: str) -> None:
+    """An element or package name is never an option or two names in diskimage-builder's
+    command line."""
+    (tmp_path / "r.yaml").write_text(
+        f"schema: 1\nimages:\n  g:\n    role: guest\n    {field}: {value}\n")
+    with pytest.raises(ValidationFailed) as exc:
+        load_recipe(tmp_path / "r.yaml")
+    assert f"images.g.{says}" in exc.value.render()

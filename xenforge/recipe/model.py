@@ -12,12 +12,14 @@ from xenforge.recipe.types import (
     BridgeName,
     CmdLine,
     DirPath,
+    ElementName,
     FilePath,
     FragmentRef,
     HostName,
     Maintainer,
     Model,
     Name,
+    PackageName,
     SizeMiB,
     UnitName,
 )
@@ -89,9 +91,10 @@ class Target(Model):
 class ImageSection(Model):
     role: Literal["dom0", "guest"]
     kernel: Name | None = Field(None, description="a key of `kernels`")
-    elements: list[str] = Field(default_factory=list,
-                                description="extra diskimage-builder elements")
-    packages: list[str] = Field(default_factory=list, description="extra Debian packages")
+    elements: list[ElementName] = Field(default_factory=list,
+                                        description="extra diskimage-builder elements")
+    packages: list[PackageName] = Field(default_factory=list,
+                                        description="extra Debian packages")
     size: SizeMiB = Field(4096, description="a dom0's disk size, a guest's filesystem size "
                           "(its disk), e.g. 4G")
     formats: list[Format] = Field(default_factory=_formats, min_length=1)

@@ -119,6 +119,12 @@ def _cmdline(value: Any) -> Any:
 
 #: a kernel or Xen command line: printable, no quotes, backslashes or $
 CmdLine = Annotated[str, AfterValidator(_cmdline), StringConstraints(max_length=1024)]
+#: a diskimage-builder element name (its folder): never an option (-o...) for its argv
+ElementName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                                               max_length=64)]
+#: a Debian package name (policy 5.6.1): never two names, an option or a shell word
+PackageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.-]+$",
+                                               max_length=128)]
 #: a network bridge name (Linux: at most 15 characters)
 BridgeName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_.-]{1,15}$")]
 #: a host name (one DNS label or more, lower case)

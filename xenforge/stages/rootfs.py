@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field
@@ -80,8 +80,8 @@ class RootfsOptions(StageOptions):
     release: str = Field(description="Debian release, e.g. bookworm")
     mirror: str
     security_mirror: str
-    elements: tuple[str, ...] = ()
-    packages: tuple[str, ...] = ()
+    elements: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")], ...] = ()
+    packages: tuple[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")], ...] = ()
     size: int | None = Field(None, ge=256, description="MiB of the filesystem (None: "
                              "diskimage-builder's estimate, for a rootfs a disk will grow)")
     access: bool = False
