@@ -334,3 +334,12 @@ def test_names_that_reach_an_argv_are_checked(tmp_path: Path, field: str, value:
     with pytest.raises(ValidationFailed) as exc:
         load_recipe(tmp_path / "r.yaml")
     assert f"images.g.{says}" in exc.value.render()
+
+
+def test_a_file_name_that_is_no_recipe_name_needs_a_name(tmp_path: Path) -> None:
+    (tmp_path / "...yaml").write_text("schema: 1\n")
+    with pytest.raises(ValidationFailed) as exc:
+        load_recipe(tmp_path / "...yaml")
+    assert "no valid name ('..'" in exc.value.render() and "set `name:`" in exc.value.render()
+    (tmp_path / "...yaml").write_text("schema: 1\nname: dots\n")
+    assert load_recipe(tmp_path / "...yaml").name == "dots"

@@ -38,7 +38,8 @@ def test_parse_target() -> None:
     assert parse_target("ssh://xenforge@127.0.0.1:2222") == ("ssh", "xenforge", "127.0.0.1", 2222)
     assert parse_target("paramiko://host") == ("paramiko", "root", "host", None)
     for bad in ("host", "http://host", "ssh://", "ssh://root@h1:abc", "ssh://root@h1:99999",
-                "ssh://root@[::1"):
+                "ssh://root@[::1", "ssh://root@h1,ssh://root@h2", "ssh://root@h1%00",
+                "ssh://root@h1/etc"):
         with pytest.raises(InputError, match="not a host address"):
             parse_target(bad)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -341,7 +342,13 @@ def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...],
     recipe = validate_model(Recipe, data, origins, file, problems)
     if recipe is None:
         return None
-    loaded = LoadedRecipe(file=file, recipe=recipe, name=recipe.name or file.stem)
+    name = recipe.name or file.stem
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name) or len(name) > 64:
+        problems.append(Problem(file, None, "name", f"the file name gives the recipe no valid "
+                                f"name ({name!r}: it names the cache's and the export's "
+                                "folders)", "set `name:` (lower case letters, digits, . _ -)"))
+        return None
+    loaded = LoadedRecipe(file=file, recipe=recipe, name=name)
     loaded.release = _load_release(loaded, origins, problems)
     if recipe.hypervisor is not None:
         loaded.hypervisor_spec = _load_spec(HypervisorSpec, recipe.hypervisor.spec, problems)

@@ -64,6 +64,9 @@ def parse_target(target: str) -> tuple[str, str, str, int | None]:
         parts.scheme != "local" and not parts.hostname
     ):
         raise bad
+    # one host, spelled plainly: no list, no percent-escapes (a NUL), no path or query
+    if any(c in target for c in ",% \t\n") or parts.path not in ("", "/") or parts.query:
+        raise bad
     return parts.scheme, parts.username or "root", parts.hostname or "", port
 
 
