@@ -4,6 +4,7 @@ garbage collection, and `xenforge cache ls|du|gc`."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import multiprocessing
 import os
@@ -62,7 +63,10 @@ def test_commit_moves_staging_into_place(cache: Cache) -> None:
     assert target == cache.object_dir(ID_A)
     assert cache.has(ID_A)
     assert (cache.out(ID_A) / "data").read_text() == "hello"
-    assert cache.manifest(ID_A) == {"node": "n", "stage": "s"}
+    manifest = cache.manifest(ID_A)
+    assert {k: manifest[k] for k in ("node", "stage")} == {"node": "n", "stage": "s"}
+    record = manifest["files"]["data"]
+    assert record["size"] == 5 and record["sha256"] == hashlib.sha256(b"hello").hexdigest()
     assert list(cache.tmp_dir.iterdir()) == []
 
 
@@ -422,3 +426,51 @@ def test_a_late_input_that_fails_fails_its_waiting_node(cache: Cache, tmp_path: 
     assert results["late"].error is not None
     assert "its input bad was not built" in results["late"].error.render()
     assert not cache.has(g.nodes["late"].id)
+
+
+# -- verifying objects before use ----------------------------------------------------------
+
+def test_a_tampered_object_is_found_and_rebuilt_never_used(cache: Cache, tmp_path: Path
+                                                           ) -> None:
+    g = Graph(recipe="verify")
+    g.add(Node(name="slow", stage="slow-test",
+               options={"counter": str(tmp_path / "runs"), "seconds": 0.05}))
+    g.add(Node(name="after", stage="slow-test", inputs={"first": "slow"},
+               options={"counter": str(tmp_path / "runs"), "seconds": 0.05}))
+    compute_ids(g)
+    Executor(g, cache, Progress(quiet=True), jobs=2).run()
+    slow = cache.out(g.nodes["slow"].id) / "payload.bin"
+    assert cache.verified(g.nodes["slow"].id) == []
+    # the same size, other bytes, the old mtime restored: found by `verify --full` only ...
+    st = slow.stat()
+    data = bytearray(slow.read_bytes())
+    data[100] ^= 0xFF
+    slow.write_bytes(bytes(data))
+    os.utime(slow, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.store.verify(g.nodes["slow"].id) == []
+    assert "its content changed" in cache.store.verify(g.nodes["slow"].id, full=True)[0]
+    # ... a changed mtime (an edit) is found cheaply, and the object is rebuilt
+    slow.write_bytes(bytes(data))
+    assert cache.verified(g.nodes["slow"].id)
+    res = Executor(g, cache, Progress(quiet=True), jobs=2).run()
+    assert res["slow"].status == "built" and res["after"].status == "cached"
+    assert cache.verified(g.nodes["slow"].id) == []
+    assert (tmp_path / "runs").read_text().count(" slow\n") == 2
+
+
+def test_an_emptied_or_wrong_manifest_is_no_object(cache: Cache) -> None:
+    _put(cache, ID_A)
+    (cache.object_dir(ID_A) / "manifest.json").write_text("")
+    assert not cache.has(ID_A)
+    (cache.object_dir(ID_A) / "manifest.json").write_text("[1, 2]")
+    assert not cache.has(ID_A)
+    assert cache.entries() == []  # listed nowhere, and gc may take the directory
+    (cache.object_dir(ID_A) / "manifest.json").write_text('{"id": "' + ID_B + '"}')
+    assert not cache.has(ID_A)  # a manifest of another object
+
+
+def test_gc_takes_an_object_dir_without_a_valid_manifest(cache: Cache) -> None:
+    _put(cache, ID_A)
+    (cache.object_dir(ID_A) / "manifest.json").write_text("")
+    cache.gc()
+    assert not cache.object_dir(ID_A).exists()

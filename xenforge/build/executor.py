@@ -166,11 +166,17 @@ class Executor:
 
     def _run_node(self, node: Node) -> NodeResult:
         try:
-            if self.cache.has(node.id):
+            if self.cache.has(node.id) and not self.cache.verified(node.id):
                 return self._record(self._cached(node))
             with self.cache.lock(node.id):
-                if self.cache.has(node.id):  # another build made it while we waited
-                    return self._record(self._cached(node, "built by another run"))
+                if self.cache.has(node.id):  # another build made it while we waited?
+                    problems = self.cache.verified(node.id)
+                    if not problems:
+                        return self._record(self._cached(node, "built by another run"))
+                    # a cached object whose files no longer match its manifest: never used
+                    self.progress.line(f"corrupt {node.name}  {node.id[:12]}: "
+                                       f"{problems[0]}; rebuilding it")
+                    self.cache.discard(node.id)
                 return self._record(self._build(node))
         except BaseException:
             self._record(NodeResult(node.name, node.id, "failed",

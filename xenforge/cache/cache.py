@@ -103,6 +103,16 @@ class Cache:
     def entries(self) -> list[Entry]:
         return self.store.entries()
 
+    def verified(self, node_id: str) -> list[str]:
+        """Problems of a cached object (see LocalStore.verify); one with problems is taken
+        out of the store (under the node's lock, by the caller) so that it is rebuilt."""
+        return self.store.verify(node_id)
+
+    def discard(self, node_id: str) -> None:
+        """Take a corrupt object out of the store (call under the node's lock)."""
+        if self.object_dir(node_id).exists():
+            self.store.remove(node_id)
+
     # -- locks, staging, work, scratch ----------------------------------------------------
     @contextlib.contextmanager
     def lock(self, node_id: str) -> Iterator[None]:
@@ -197,6 +207,10 @@ class Cache:
             with self.try_lock(stale.name.split(".")[0]) as free:
                 if free and not dry_run:
                     remove_tree(stale)
+        for obj in list(self.store.objects()):  # no (valid) manifest: no object, only debris
+            with self.try_lock(obj.name) as free:
+                if free and not dry_run and self.store.read_manifest(obj.name) is None:
+                    self.store.remove(obj.name)
         entries = self.entries()
         keep = self.referenced()
         now = time.time()

@@ -10,7 +10,11 @@ Local layout::
     objects/ab/<id>/log             the stage log of the build that made it
 
 An object directory exists only once complete (rename is atomic), and its manifest is
-written last, so a build killed at any moment leaves nothing a reader would trust.
+written last, so a build killed at any moment leaves nothing a reader would trust. The
+manifest lists every file of ``out/`` with its size, mtime and sha256 (:func:`file_records`);
+an object is verified against it before it is used (:meth:`LocalStore.verify`: size and
+mtime, the full hash when they differ or when asked), so a replaced, truncated or emptied
+file is found and the object rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import contextlib
 import json
 import os
 import secrets
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xenforge.core.hashing import sha256_file
 from xenforge.core.leftovers import libc, remove_tree
 
 
@@ -71,14 +77,61 @@ class LocalStore(Store):
         return self.objects_dir / node_id[:2] / node_id
 
     def has(self, node_id: str) -> bool:
-        return (self.object_dir(node_id) / "manifest.json").is_file()
+        """The object exists with a manifest that is one (an emptied or damaged manifest is
+        no object: it is rebuilt, and gc may take the directory)."""
+        return self.read_manifest(node_id) is not None
+
+    def read_manifest(self, node_id: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.object_dir(node_id) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("id", node_id) == node_id else None
+
+    def verify(self, node_id: str, *, full: bool = False) -> list[str]:
+        """What is wrong with the object's files, compared with its manifest ([]: nothing).
+        Cheap by default: sizes and mtimes, the sha256 of a file only when they differ;
+        ``full`` hashes every file."""
+        manifest = self.read_manifest(node_id)
+        if manifest is None:
+            return ["no manifest"]
+        records = manifest.get("files")
+        if not isinstance(records, dict):
+            return []  # an object of an older xenforge: nothing to compare with
+        out = self.out(node_id)
+        problems = []
+        present = {rel for rel, _ in _walk(out)}
+        for rel, rec in records.items():
+            if not isinstance(rec, dict):
+                problems.append(f"{rel}: bad record")
+                continue
+            path = out / rel
+            if "link" in rec:
+                if not path.is_symlink() or os.readlink(path) != rec["link"]:
+                    problems.append(f"{rel}: the symlink changed")
+                continue
+            try:
+                st = path.lstat()
+            except OSError:
+                problems.append(f"{rel}: missing")
+                continue
+            if st.st_size != rec.get("size"):
+                problems.append(f"{rel}: {st.st_size} bytes, not {rec.get('size')}")
+            elif (full or st.st_mtime_ns != rec.get("mtime_ns")) and \
+                    sha256_file(path) != rec.get("sha256"):
+                problems.append(f"{rel}: its content changed (sha256)")
+        extra = sorted(present - set(records))
+        if extra:
+            problems.append(f"{extra[0]}: not in the manifest")
+        return problems
 
     def out(self, node_id: str) -> Path:
         return self.object_dir(node_id) / "out"
 
     def manifest(self, node_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(
-            (self.object_dir(node_id) / "manifest.json").read_text())
+        data = self.read_manifest(node_id)
+        if data is None:
+            raise FileNotFoundError(f"object {node_id} has no valid manifest")
         return data
 
     def touch(self, node_id: str) -> None:
@@ -89,6 +142,7 @@ class LocalStore(Store):
         """Write the manifest and move ``staging`` into the store atomically. The outputs
         reach the disk before the manifest does, and the rename before this returns, so
         not even a power loss leaves a manifest over empty files."""
+        manifest = {**manifest, "files": file_records(staging / "out")}
         _syncfs(staging)
         mf = staging / "manifest.json"
         with open(mf.with_suffix(".tmp"), "w") as f:
@@ -133,6 +187,31 @@ class LocalStore(Store):
 
     def objects(self) -> Iterator[Path]:
         return self.objects_dir.glob("*/*")
+
+
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Regular files and symlinks below ``root`` (relative path, lstat); devices, FIFOs and
+    sockets (a buildroot's /dev) are not content and are left out."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames
+                                        if os.path.islink(os.path.join(dirpath, d))]):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                yield os.path.relpath(path, root), st
+
+
+def file_records(out: Path) -> dict[str, dict[str, Any]]:
+    """Every file of an object's ``out/``: size, mtime and sha256 (a symlink: its target)."""
+    records: dict[str, dict[str, Any]] = {}
+    for rel, st in _walk(out):
+        if stat.S_ISLNK(st.st_mode):
+            records[rel] = {"link": os.readlink(out / rel)}
+        else:
+            records[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                            "sha256": sha256_file(out / rel)}
+    return records
 
 
 def _syncfs(path: Path) -> None:
