@@ -474,3 +474,38 @@ def test_gc_takes_an_object_dir_without_a_valid_manifest(cache: Cache) -> None:
     (cache.object_dir(ID_A) / "manifest.json").write_text("")
     cache.gc()
     assert not cache.object_dir(ID_A).exists()
+
+
+def test_an_input_edited_during_a_build_never_poisons_the_cache(cache: Cache,
+                                                                 tmp_path: Path) -> None:
+    """The reported poisoning: an input file edited after planning (while another node
+    runs) or while its node runs; the node fails, nothing is stored under the old id."""
+    patch = tmp_path / "0001.patch"
+    patch.write_text("original\n")
+
+    def graph() -> Graph:
+        g = Graph(recipe="poison")
+        g.add(Node(name="slow", stage="slow-test", files={"patch": patch},
+                   options={"counter": str(tmp_path / "runs"), "seconds": 1.5}))
+        compute_ids(g)
+        return g
+
+    planned = graph()
+    patch.write_text("edited before the node started\n")
+    res = Executor(planned, cache, Progress(quiet=True), jobs=2).run()
+    assert res["slow"].status == "failed" and not cache.has(planned.nodes["slow"].id)
+    assert res["slow"].error is not None
+    assert "changed after the build was planned" in res["slow"].error.render()
+
+    patch.write_text("original\n")
+    g = graph()
+    assert g.nodes["slow"].id == planned.nodes["slow"].id
+    timer = threading.Timer(0.5, lambda: patch.write_text("edited while building\n"))
+    timer.start()
+    res = Executor(g, cache, Progress(quiet=True), jobs=2).run()
+    timer.join()
+    assert res["slow"].status == "failed" and not cache.has(g.nodes["slow"].id)
+    assert "changed while the node was built" in res["slow"].error.render()  # type: ignore[union-attr]
+    patch.write_text("original\n")
+    assert Executor(graph(), cache, Progress(quiet=True), jobs=2).run()["slow"].status == \
+        "built"

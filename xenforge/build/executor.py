@@ -22,11 +22,11 @@ from typing import Protocol
 
 from xenforge.cache import Cache
 from xenforge.core import run as runner
-from xenforge.core.errors import CommandFailed, StageFailed, XenforgeError
+from xenforge.core.errors import CommandFailed, InputError, StageFailed, XenforgeError
 from xenforge.core.files import note
 from xenforge.core.leftovers import remove_tree
 from xenforge.core.sandbox import Sandbox
-from xenforge.plan.graph import Graph, Node, explain_change
+from xenforge.plan.graph import Graph, Node, content_hash, explain_change
 from xenforge.stages import get_stage
 from xenforge.stages.base import Stage, StageContext
 
@@ -222,8 +222,10 @@ class Executor:
                           and not self._is_done(node.inputs[label])],
                     waiter=lambda label, idles: self._wait_for(node, label, idles, waited),
                     sandbox=self._sandbox(node, stage_cls, work, staging))
+                check_files(node, "after the build was planned")
                 with runner.owned_by(str(self.cache.lock_file(node.id))):
                     stage.run(ctx)
+                check_files(node, "while the node was built")
                 waited.append(ctx.idle)
                 seconds = time.monotonic() - start - sum(waited)
                 shutil.copyfile(log, staging / "log")
@@ -284,6 +286,24 @@ class Executor:
         if isinstance(ref, str):
             return self.cache.out(self.graph.nodes[ref].id)
         return tuple(self.cache.out(self.graph.nodes[r].id) for r in ref)
+
+
+def check_files(node: Node, when: str) -> None:
+    """The node's input files still hash to what its id was computed from (checked when it
+    starts and again before its output is committed, so an object always holds what its id
+    says: an input edited meanwhile fails the node, and nothing is stored)."""
+    for label, ref in node.files.items():
+        try:
+            now = [content_hash(p, memo=False) for p in ([ref] if isinstance(ref, Path)
+                                                           else ref)]
+        except OSError as exc:
+            raise InputError(f"input {label} ({ref}) cannot be read: {exc}",
+                             where=f"stage {node.name}") from exc
+        if (now if isinstance(ref, list) else now[0]) != node.file_hashes.get(label):
+            raise InputError(f"input {label} ({ref}) changed {when}",
+                             where=f"stage {node.name}",
+                             hint="nothing was stored; build again (the new content gets "
+                             "its own id)")
 
 
 def _as_stage_failure(node: Node, exc: XenforgeError, log: Path) -> StageFailed:

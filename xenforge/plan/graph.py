@@ -171,8 +171,9 @@ def _paths_json(ref: FileRef) -> str | list[str]:
 _hash_memo: dict[tuple[Path, int, int, int], str] = {}
 
 
-def content_hash(path: Path) -> str:
-    """The hash of an input file or folder, as it goes into node ids."""
+def content_hash(path: Path, *, memo: bool = True) -> str:
+    """The hash of an input file or folder, as it goes into node ids (``memo``: a file's
+    hash is remembered while its inode, mtime and size stay the same)."""
     st = path.stat()
     if path.is_dir() and (path / "series").is_file():
         # a patch folder: only the series and the patches it lists count (a kernel line's
@@ -180,10 +181,12 @@ def content_hash(path: Path) -> str:
         return sha256_json([[p.name, tree_hash(p)] for p in series_files(path)])
     if path.is_dir():
         return tree_hash(path)  # small folders (elements): always rehash
-    memo = (path.resolve(), st.st_ino, st.st_mtime_ns, st.st_size)
-    if memo not in _hash_memo:
-        _hash_memo[memo] = tree_hash(path)
-    return _hash_memo[memo]
+    if not memo:
+        return tree_hash(path)
+    key = (path.resolve(), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _hash_memo:
+        _hash_memo[key] = tree_hash(path)
+    return _hash_memo[key]
 
 
 def compute_ids(graph: Graph) -> None:
