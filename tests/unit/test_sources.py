@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -78,6 +79,30 @@ def _no_length_short(h: http.server.BaseHTTPRequestHandler, n: int) -> None:
     h.close_connection = True
 
 
+def _stall(h: http.server.BaseHTTPRequestHandler, n: int) -> None:
+    # send a part, then nothing at all (the connection stays open) until the test is over
+    h.send_response(200)
+    h.send_header("Content-Length", str(len(PAYLOAD)))
+    h.end_headers()
+    h.wfile.write(PAYLOAD[:1000])
+    h.wfile.flush()
+    time.sleep(3)
+
+
+def _drip(h: http.server.BaseHTTPRequestHandler, n: int) -> None:
+    # a byte every 50 ms: never idle for long, but never done either
+    h.send_response(200)
+    h.send_header("Content-Length", str(len(PAYLOAD)))
+    h.end_headers()
+    for i in range(60):
+        try:
+            h.wfile.write(PAYLOAD[i:i + 1])
+            h.wfile.flush()
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
 ROUTES: dict[str, Behaviour] = {
     "/files/good.tar.gz": _full,
     "/files/missing.tar.gz": _status(404),
@@ -86,6 +111,8 @@ ROUTES: dict[str, Behaviour] = {
     "/files/flaky.tar.gz": _first_truncated,
     "/files/busy.tar.gz": _first_500,
     "/files/nolength.tar.gz": _no_length_short,
+    "/files/stall.tar.gz": _stall,
+    "/files/drip.tar.gz": _drip,
 }
 
 
@@ -214,6 +241,59 @@ def test_short_body_without_length_is_retried_then_reported_as_mismatch(
         _fetch(url_spec(server.url("nolength.tar.gz")), dirs)
     assert server.hits["/files/nolength.tar.gz"] == 3
     assert "checksum mismatch" in exc.value.message
+    assert _files_under(dirs.downloads) == []
+
+
+def test_a_stalled_download_times_out_is_retried_then_reported(
+        server: Server, dirs: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XENFORGE_DOWNLOAD_IDLE", "0.3")
+    start = time.monotonic()
+    with pytest.raises(SourceError) as exc:
+        _fetch(url_spec(server.url("stall.tar.gz")), dirs)
+    assert time.monotonic() - start < 2.5  # three tries of 0.3 s idle, not the server's 3 s
+    assert server.hits["/files/stall.tar.gz"] == 3
+    assert "after 3 tries" in exc.value.message
+    assert "stalled after 1000 bytes" in dirs.log.read_text()
+    assert _files_under(dirs.downloads) == []
+
+
+def test_a_dripping_download_hits_the_overall_timeout(
+        server: Server, dirs: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XENFORGE_DOWNLOAD_IDLE", "1")  # each byte comes well within this
+    monkeypatch.setenv("XENFORGE_DOWNLOAD_TIMEOUT", "0.4")
+    start = time.monotonic()
+    with pytest.raises(SourceError):
+        _fetch(url_spec(server.url("drip.tar.gz")), dirs)
+    assert time.monotonic() - start < 2.5
+    assert "not done within" in dirs.log.read_text()  # the watchdog, not the idle timeout
+    assert _files_under(dirs.downloads) == []
+
+
+def test_an_interrupt_stops_a_stalled_download_at_once(
+        server: Server, dirs: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XENFORGE_DOWNLOAD_IDLE", "30")
+    result: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _fetch(url_spec(server.url("stall.tar.gz")), dirs)
+        except BaseException as exc:  # the thread reports what stopped it
+            result.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    while server.hits.get("/files/stall.tar.gz", 0) == 0:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    start = time.monotonic()
+    try:
+        runner.kill_all()
+        t.join(5)
+    finally:
+        runner._cancelled.clear()  # process-wide: later tests must download again
+    assert not t.is_alive() and time.monotonic() - start < 2
+    assert result and isinstance(result[0], runner.Interrupted)
+    assert server.hits["/files/stall.tar.gz"] == 1  # an interrupt is no reason to retry
     assert _files_under(dirs.downloads) == []
 
 

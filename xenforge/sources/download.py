@@ -7,11 +7,14 @@ killed run leaves at most a ``.part-*`` file, which nothing reads and a later ru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +33,26 @@ STALE_SECONDS = 24 * 3600
 TRIES = 3
 BACKOFF = 2.0  # seconds before the 2nd try; doubled for each further one
 CONNECT_TIMEOUT = 15.0
-READ_TIMEOUT = 60.0
+
+
+def _seconds(var: str, default: float) -> float:
+    """A positive number of seconds from the environment (``default`` if unset or bad)."""
+    try:
+        value = float(os.environ.get(var, ""))
+    except ValueError:
+        return default
+    return value if 0 < value < 1e7 else default
+
+
+#: a download that receives nothing for this long is stalled (``XENFORGE_DOWNLOAD_IDLE``)
+def idle_timeout() -> float:
+    return _seconds("XENFORGE_DOWNLOAD_IDLE", 60.0)
+
+
+#: a download that takes longer than this in all is stalled (``XENFORGE_DOWNLOAD_TIMEOUT``;
+#: a server dripping a byte a second never trips the idle timeout)
+def overall_timeout() -> float:
+    return _seconds("XENFORGE_DOWNLOAD_TIMEOUT", 3600.0)
 
 
 class DownloadStore:
@@ -168,17 +190,48 @@ def _download_once(url: str, sha256: str, store: DownloadStore, log: Path) -> No
         tmp.unlink(missing_ok=True)
 
 
+def _stop(resp: requests.Response) -> None:
+    """Wake a read blocked on the response's socket (an interrupt, the overall deadline):
+    shutting the connection down makes the read return at once; closing alone does not.
+    The shutdown goes through a duplicate of the socket's descriptor (``fileno()`` is the
+    public handle of a streamed body); it ends the connection for both."""
+    with contextlib.suppress(OSError, ValueError), \
+            socket.fromfd(resp.raw.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+    # no resp.close() here: the reading thread owns the response and closes it
+
+
 def _stream(url: str, out: Any) -> tuple[int, str, int | None]:
-    """GET ``url`` into ``out``: (bytes received, their sha256, Content-Length or None)."""
+    """GET ``url`` into ``out``: (bytes received, their sha256, Content-Length or None).
+    Reads return what has arrived (a drip too), so the idle timeout bounds each wait and a
+    watchdog the whole download; an interrupt stops it within a moment."""
+    idle, overall = idle_timeout(), overall_timeout()
     try:
-        resp = requests.get(url, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+        resp = requests.get(url, stream=True, timeout=(CONNECT_TIMEOUT, idle),
                             headers={"Accept-Encoding": "identity"})
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _Retry(f"connection failed: {exc}") from exc
     except requests.RequestException as exc:
         raise SourceError(f"cannot download {url}: {exc}",
                           hint="check the url in the recipe") from exc
-    with resp, runner.on_cancel(resp.close):
+    expired = threading.Event()
+
+    def deadline() -> None:
+        expired.set()
+        _stop(resp)
+
+    watchdog = threading.Timer(overall, deadline)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return _read(url, resp, out, expired, overall)
+    finally:
+        watchdog.cancel()
+
+
+def _read(url: str, resp: requests.Response, out: Any, expired: threading.Event,
+          overall: float) -> tuple[int, str, int | None]:
+    with resp, runner.on_cancel(lambda: _stop(resp)):
         status = resp.status_code
         if status >= 500 or status in (408, 429):
             raise _Retry(f"HTTP {status} {resp.reason}")
@@ -194,16 +247,24 @@ def _stream(url: str, out: Any) -> tuple[int, str, int | None]:
         h = hashlib.sha256()
         received = 0
         try:
-            for chunk in resp.raw.stream(CHUNK, decode_content=False):
+            while chunk := resp.raw.read1(CHUNK, decode_content=False):
                 runner.check_cancelled()
+                if expired.is_set():
+                    break
                 out.write(chunk)
                 h.update(chunk)
                 received += len(chunk)
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-            runner.check_cancelled()  # closed by an interrupt: not a network problem
-            raise _Retry(f"connection lost after {received} bytes"
-                         + (f" of {expected}" if expected is not None else "")
-                         + f": {type(exc).__name__}") from exc
+            runner.check_cancelled()  # stopped by an interrupt: not a network problem
+            if not expired.is_set():
+                what = "stalled" if isinstance(exc, urllib3.exceptions.ReadTimeoutError) \
+                    else "connection lost"
+                raise _Retry(f"{what} after {received} bytes"
+                             + (f" of {expected}" if expected is not None else "")
+                             + f": {type(exc).__name__}") from exc
+        if expired.is_set():
+            raise _Retry(f"not done within {overall:.0f}s (XENFORGE_DOWNLOAD_TIMEOUT) after "
+                         f"{received} bytes")
         return received, h.hexdigest(), expected
 
 
