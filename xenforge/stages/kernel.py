@@ -26,6 +26,7 @@ patch or fragment change reuses every object whose inputs did not change.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import fcntl
 import json
 import os
@@ -251,12 +252,16 @@ class KernelStage(Stage):
                  release: str, root: Path) -> list[str]:
         opts: KernelOptions = ctx.options
         """``make bindeb-pkg`` on the built tree: linux-image (and linux-headers) .debs."""
+        name, address = email.utils.parseaddr(opts.maintainer)
         pkg_env = {
             **env,
             "KDEB_PKGVERSION": f"{release}-1",
             "KDEB_SOURCENAME": "linux-xenforge",
             "KDEB_CHANGELOG_DIST": opts.distribution,
-            "DEBEMAIL": opts.maintainer,
+            # mkdebian writes "$DEBFULLNAME <$DEBEMAIL>" (6.12; 6.1 also took a whole
+            # "Name <address>" in DEBEMAIL): give it the two parts
+            "DEBFULLNAME": name or "xenforge",
+            "DEBEMAIL": address,
             "INSTALL_MOD_STRIP": "1",
             # dpkg-deb's default xz takes most of the packaging time; gzip is ~5x faster
             "KDEB_COMPRESS": "gzip",
@@ -276,12 +281,12 @@ class KernelStage(Stage):
             raise StageFailed(ctx.node, f"bindeb-pkg made no linux-image-{release} package "
                               f"(made: {', '.join(debs) or 'nothing'})", log=ctx.log)
         listing = ctx.run(["dpkg-deb", "-c", str(ctx.out / image[0])], capture=True).stdout
-        wants = [f"./boot/vmlinuz-{release}"]
-        if (ctx.out / "modules").is_dir():
-            wants.append(f"./lib/modules/{release}/")
+        wants = [[f"./boot/vmlinuz-{release}"]]
+        if (ctx.out / "modules").is_dir():  # below /usr (a merged-/usr target's patch) or not
+            wants.append([f"./usr/lib/modules/{release}/", f"./lib/modules/{release}/"])
         for want in wants:
-            if want not in listing:
-                raise StageFailed(ctx.node, f"{image[0]} lacks {want}", log=ctx.log)
+            if not any(w in listing for w in want):
+                raise StageFailed(ctx.node, f"{image[0]} lacks {want[0]}", log=ctx.log)
         if opts.lintian:
             self._lintian(ctx, debs)
         return debs
