@@ -102,7 +102,11 @@ def test_layers_import_only_what_is_below_them() -> None:
 def test_every_engine_package_is_shipped() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
-    engine = {_module_name(p.parent) for p in PKG.rglob("__init__.py")}
+    dirs = {p.parent for p in PKG.rglob("*.py") if "__pycache__" not in p.parts}
+    unmarked = sorted(str(d.relative_to(REPO)) for d in dirs
+                      if not (d / "__init__.py").exists())
+    assert not unmarked, f"no __init__.py (a namespace package stays out of the wheel): {unmarked}"
+    engine = {_module_name(d / "__init__.py") for d in dirs}
     assert engine <= listed, f"not in pyproject.toml's packages: {sorted(engine - listed)}"
     mapped = config["package-dir"]
     for name, folder in FOLDERS.items():

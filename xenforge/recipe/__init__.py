@@ -1,0 +1,1 @@
+"""Recipes: the YAML model, its loading (extends, specs, release files) and checks."""
