@@ -304,7 +304,12 @@ class KernelStage(Stage):
             errors.extend(f"{name}: {e}" for e in report.errors)
         (ctx.out / "lintian.txt").write_text("\n".join(lines) + "\n")
         if errors:
+            contact = any(tag in e for e in errors
+                          for tag in ("bogus-mail-host", "malformed-contact", "mail-address"))
             raise StageFailed(ctx.node, f"lintian found {len(errors)} error(s):\n  "
                               + "\n  ".join(errors), log=ctx.log,
                               hint="a Maintainer needs a real mail domain (the recipe's "
-                              "`maintainer:`); the lintian report is lintian.txt")
+                              "`maintainer:`)" if contact else
+                              "the kernel's own packaging (scripts/package) is fixed by a "
+                              "patch in the line's series (kernel_patches/<line>/); "
+                              "the lintian report is lintian.txt")
