@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from xenforge.cache.state import StateDir
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "xen-host.yaml"
 CACHE = Path(os.environ.get("XENFORGE_TEST_CACHE", "/var/tmp/xenforge-test-cache"))
@@ -92,7 +94,7 @@ def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:
     """What an operator does with real hardware: `xenforge test --host ssh://...`, here the
     dom0 suite against a VM that `xenforge boot` started from the disk image, under UEFI
     (`xenforge test` above booted it with SeaBIOS)."""
-    state = CACHE / "run" / "xen-host" / "state.json"
+    state = StateDir.for_cache(CACHE).run_dir("xen-host") / "state.json"  # where boot writes it
     state.unlink(missing_ok=True)
     disk = out_dir / "image-xen-host" / "xen-host.qcow2"  # a file, not the recipe
     boot = subprocess.Popen(
