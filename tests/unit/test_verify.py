@@ -116,7 +116,7 @@ def _fake_build(out: Path) -> Path:
         "xen_cmdline": "console=com1 dom0_mem=1024M,max:1024M",
         "xenforge_packages": [{"name": "xenforge-xen-utils", "version": "4.17.5-1",
                                "installed": True}],
-        "guests": [{"name": "guest-pv", "type": "pv", "memory": 256,
+        "guests": [{"name": "guest-pv", "type": "pv", "memory": 256, "autostart": True,
                     "kernel_version": "6.1.176-domu"}]}))
     return img / "xen-host.qcow2"
 
@@ -129,7 +129,7 @@ def test_expectations_come_from_the_build_records(tmp_path: Path) -> None:
     assert want["packages"] == {"xenforge-xen-utils": "4.17.5-1"}
     assert want["guests"] == [{"name": "guest-pv", "type": "pv", "memory": 256,
                                "kernel_release": "6.1.176-domu",
-                               "config": "/etc/xen/guest-pv.cfg"}]
+                               "config": "/etc/xen/guest-pv.cfg", "autostart": True}]
     host = find_dom0(tmp_path)
     assert host.disk.name == "xen-host.qcow2" and host.user == "xenforge"
 

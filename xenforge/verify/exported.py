@@ -83,6 +83,7 @@ def expectations(out: Path) -> dict[str, Any]:
     expect["guests"] = [
         {"name": g["name"], "type": g["type"], "memory": g["memory"],
          "kernel_release": g.get("kernel_version"), "config": f"/etc/xen/{g['name']}.cfg",
+         "autostart": bool(g.get("autostart")),
          **({"os": g["os"]} if g.get("os") else {})}
         for g in info.get("guests", [])]
     return expect
