@@ -156,6 +156,9 @@ DRIVER = textwrap.dedent("""\
     def term(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, term)
+    # a job started in the background by a non-interactive shell (nohup ... &, some CI
+    # runners) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = json.loads(sys.argv[1])
     g = plan(load_recipe(Path(spec["recipe"]))).only([spec["node"]])
     node = g.nodes[spec["node"]]
