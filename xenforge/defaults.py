@@ -28,7 +28,7 @@ BRIDGE = "xenbr0"
 ACCESS_USER = "xenforge"
 
 #: the target release of a recipe that names none (releases/debian-RELEASE.yaml)
-RELEASE = "bookworm"
+RELEASE = "trixie"
 
 #: MiB of a disk image's EFI system partition
 ESP_MIB = 64

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from xenforge import defaults
 from xenforge.cli import app as cli
 from xenforge.plan import plan
 from xenforge.plan.graph import Graph, explain_change
@@ -19,6 +20,8 @@ from xenforge.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "recipes" / "fixtures"
+#: the buildroot of a recipe that names no target
+BUILDROOT = f"buildroot:debian-{defaults.RELEASE}"
 
 #: two kernels of one line (sharing its source and tree), path and named fragments
 TWO_KERNELS = """\
@@ -58,12 +61,12 @@ def _changed(before: Graph, after: Graph) -> set[str]:
 
 def test_graph_shape(fx: Path) -> None:
     g = _plan(fx / "two-kernels.yaml")
-    assert list(g.nodes) == ["source:mini", "tree:mini", "buildroot:debian-bookworm",
+    assert list(g.nodes) == ["source:mini", "tree:mini", BUILDROOT,
                              "kernel:dom0", "kernel:guest"]
     assert g.nodes["tree:mini"].inputs == {"source": "source:mini"}
     for kernel in ("kernel:dom0", "kernel:guest"):
         assert g.nodes[kernel].inputs == {"tree": "tree:mini",
-                                          "buildroot": "buildroot:debian-bookworm"}
+                                          "buildroot": BUILDROOT}
     assert g.nodes["source:mini"].files == {"path": fx / "src" / "linux-mini"}
     dom0 = g.nodes["kernel:dom0"]
     line = fx / "kernel_patches" / "mini"
@@ -72,7 +75,7 @@ def test_graph_shape(fx: Path) -> None:
     assert all(len(n.id) == 64 for n in g.nodes.values())
     assert len({n.id for n in g.nodes.values()}) == 5
     assert g.downstream("tree:mini") == {"tree:mini", "kernel:dom0", "kernel:guest"}
-    assert g.downstream("source:mini") == set(g.nodes) - {"buildroot:debian-bookworm"}
+    assert g.downstream("source:mini") == set(g.nodes) - {BUILDROOT}
     assert g.downstream("kernel:guest") == {"kernel:guest"}
 
 
@@ -167,10 +170,10 @@ def test_plan_json(fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     data = json.loads(capsys.readouterr().out)
     assert data["recipe"] == "two-kernels"
     nodes = {n["name"]: n for n in data["nodes"]}
-    assert list(nodes) == ["source:mini", "tree:mini", "buildroot:debian-bookworm",
+    assert list(nodes) == ["source:mini", "tree:mini", BUILDROOT,
                            "kernel:dom0", "kernel:guest"]
     assert nodes["kernel:dom0"]["inputs"] == {"tree": "tree:mini",
-                                              "buildroot": "buildroot:debian-bookworm"}
+                                              "buildroot": BUILDROOT}
     assert nodes["kernel:dom0"]["stage"] == "kernel"
     assert all(n["cached"] is False for n in nodes.values())
     assert set(nodes["kernel:guest"]["file_hashes"]) == set(nodes["kernel:guest"]["files"])
@@ -312,7 +315,7 @@ def test_the_epoch_and_target_are_in_the_ids_of_what_they_change(fx: Path) -> No
     # the fetched source and the unpacked tree do not depend on the date: shared
     assert _changed(before, after) == {"kernel:dom0", "kernel:guest"}
     assert after.nodes["kernel:dom0"].key()["env"] == {"epoch": 1234567890,
-                                                      "target": "debian/bookworm"}
+                                                      "target": f"debian/{defaults.RELEASE}"}
     assert "env" not in after.nodes["tree:mini"].key()
     why = explain_change(after.nodes["kernel:dom0"], {"key": before.nodes["kernel:dom0"].key()})
     assert "build epoch" in why
@@ -321,7 +324,6 @@ def test_the_epoch_and_target_are_in_the_ids_of_what_they_change(fx: Path) -> No
 def test_one_default_per_setting() -> None:
     """The default Xen command line and the epoch fallback are written in one place
     (xenforge/defaults.py): no other module of the engine spells them out."""
-    from xenforge import defaults
 
     pkg = REPO / "xenforge"
     for value in (defaults.XEN_CMDLINE, str(defaults.EPOCH)):

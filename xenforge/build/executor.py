@@ -98,7 +98,7 @@ class Executor:
                     done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                     for fut in done:
                         heavy_running.discard(fut)
-                        name = running.pop(fut)
+                        running.pop(fut)
                         if not fut.result().ok:
                             failed = True
             except BaseException:  # SIGINT/SIGTERM: stop commands, let stages clean up

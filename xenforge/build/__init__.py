@@ -1,0 +1,1 @@
+"""Running a plan: the executor (scheduling, late inputs, commit)."""
