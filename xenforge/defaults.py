@@ -19,6 +19,9 @@ LINUX_CMDLINE = "console=ttyS0,115200"
 #: seconds GRUB shows its menu
 GRUB_TIMEOUT = 3
 
+#: seconds the ISO's boot menu waits before its default entry (live)
+ISO_MENU_TIMEOUT = 5
+
 #: Maintainer of every .deb xenforge builds (a reserved domain: lintian accepts it)
 MAINTAINER = "xenforge <xenforge@example.org>"
 

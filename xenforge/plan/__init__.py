@@ -1,4 +1,4 @@
-"""Recipe -> build graph: one planner per recipe section (``xen``, ``kernels``, ``images``)
+"""Recipe -> build graph: one planner per recipe section (``xen``, ``kernels``, ``images``, ``iso``)
 over the graph model of :mod:`xenforge.plan.graph`.
 
 The build environment every byte-producing node depends on is derived here, in one
@@ -14,6 +14,7 @@ from xenforge.core.errors import InputError
 from xenforge.plan.graph import BuildEnv, Graph
 from xenforge.plan.graph import compute_ids as compute_ids
 from xenforge.plan.images import plan_images
+from xenforge.plan.iso import plan_iso
 from xenforge.plan.kernels import plan_kernels
 from xenforge.plan.xen import plan_hypervisor
 from xenforge.recipe.load import LoadedRecipe
@@ -47,6 +48,7 @@ def plan(loaded: LoadedRecipe) -> Graph:
     plan_hypervisor(graph, loaded, env)
     kernels = plan_kernels(graph, loaded, env)
     plan_images(graph, loaded, env, kernels)
+    plan_iso(graph, loaded, env)
     assign_epochs(graph, loaded.recipe.epoch)
     compute_ids(graph)
     return graph

@@ -24,6 +24,7 @@ from typing import Any
 from xenforge import defaults
 from xenforge.core.data import data_dir
 from xenforge.plan.graph import BuildEnv, Graph, Node
+from xenforge.plan.iso import LIVE_ELEMENT
 from xenforge.plan.kernels import plan_kernels
 from xenforge.recipe.load import LoadedRecipe
 from xenforge.recipe.model import GuestSection, ImageSection
@@ -75,13 +76,16 @@ def _rootfs(graph: Graph, loaded: LoadedRecipe, env: BuildEnv, kernels: dict[str
 def rootfs_options(loaded: LoadedRecipe, key: str, img: ImageSection,
                    env: BuildEnv) -> dict[str, Any]:
     target, release = loaded.recipe.target, loaded.release
+    iso = loaded.recipe.iso
+    # the ISO's rootfs boots live and carries the installer (see plan/iso.py)
+    live = [LIVE_ELEMENT] if iso is not None and iso.image == key else []
     if release is None:  # the loader reported the broken target already
         raise ValueError(f"{loaded.file}: no release file for its target")
     return {
         "name": key, "role": img.role, "release": env.release,
         "mirror": target.mirror or release.mirror,
         "security_mirror": target.security_mirror or release.security_mirror,
-        "elements": list(img.elements), "packages": list(img.packages),
+        "elements": [*live, *img.elements], "packages": list(img.packages),
         # a guest's filesystem is its disk; a dom0's grows into the disk the disk stage makes
         "size": img.size if img.role == "guest" else None,
         "access": img.access, "access_user": defaults.ACCESS_USER, "bridge": img.bridge,

@@ -129,7 +129,14 @@ class IsoSection(Model):
     image: Name = Field(description="a key of `images` (a dom0 image)")
     modes: list[IsoMode] = Field(default_factory=_iso_modes, min_length=1)
     firmware: list[Firmware] = Field(default_factory=_both_firmwares, min_length=1)
-    label: str = Field("XENFORGE", pattern=r"^[A-Z0-9_]{1,32}$")
+    label: str = Field("XENFORGE", pattern=r"^[A-Z0-9_]{1,32}$",
+                       description="the volume label the live system finds its medium by")
+    name: Name | None = Field(None, description="the file's base name (default: the recipe's)")
+    version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$",
+                                description="in the file name: NAME-VERSION.iso (default: "
+                                "the build date, YYYYMMDD of SOURCE_DATE_EPOCH)")
+    guests: bool = Field(True, description="carry the host's guests (their disks and xl "
+                         "configs) in the live system and the installed one")
 
 
 class BootSettings(Model):

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "apt-repo": "xenforge.stages.apt_repo:AptRepoStage",
     "rootfs": "xenforge.stages.rootfs:RootfsStage",
     "disk": "xenforge.stages.disk:DiskStage",
+    "iso": "xenforge.stages.iso:IsoStage",
 }
 
 

@@ -108,11 +108,11 @@ class DiskStage(Stage):
         opts: DiskOptions = ctx.options
         started = time.monotonic()
         src = ctx.input("rootfs")
-        info = _read_info(ctx, src, "dom0")
+        info = read_info(ctx, src, "dom0")
         guests = ctx.input_list("guests")
         if len(guests) != len(opts.guests):
             raise ctx.planner_bug(f"{len(opts.guests)} guests but {len(guests)} guest inputs")
-        guest_infos = [_read_info(ctx, g, "guest") for g in guests]
+        guest_infos = [read_info(ctx, g, "guest") for g in guests]
 
         layout = gptdisk.plan_layout((opts.size - gptdisk.overhead_mib(opts.firmware,
                                                                       opts.esp_size)) * MIB,
@@ -133,7 +133,7 @@ class DiskStage(Stage):
         edits = Edits()
         self._boot_settings(ctx, opts, root, edits, root_part.guid)
         for g, gsrc, ginfo in zip(opts.guests, guests, guest_infos, strict=True):
-            self._add_guest(ctx, g, gsrc, ginfo, edits)
+            add_guest(ctx, g, gsrc, ginfo, edits)
         root.apply(edits, ctx.work / "debugfs.cmds")
         root.check()
 
@@ -212,28 +212,8 @@ class DiskStage(Stage):
         edits.write(settings, BOOT_SETTINGS, replace=True)
         edits.write(boot_vars, BOOT_VARS, replace=True)
 
-    @staticmethod
-    def _add_guest(ctx: StageContext, g: Guest, src: Path, info: dict[str, Any],
-                   edits: Edits) -> None:
-        if not (src / "vmlinuz").is_file():
-            raise StageFailed(ctx.node, f"guest {g.name}: its rootfs exported no kernel "
-                              "(vmlinuz)", log=ctx.log, hint="the guest needs a kernel package")
-        home = f"{IMAGES_DIR}/{g.name}"
-        edits.mkdir(home)
-        edits.write(src / info["fs"]["file"], f"{home}/disk.raw")
-        edits.write(src / "vmlinuz", f"{home}/vmlinuz")
-        ramdisk = (src / "initrd.img").is_file()
-        if ramdisk:
-            edits.write(src / "initrd.img", f"{home}/initrd.img")
-        cfg = ctx.work / f"{g.name}.cfg"
-        cfg.write_text(guest_config(g, ramdisk=ramdisk))
-        cfg.chmod(0o644)
-        edits.write(cfg, f"/etc/xen/{g.name}.cfg")
-        if g.autostart:
-            edits.symlink(f"/etc/xen/auto/{g.name}.cfg", f"../{g.name}.cfg")
 
-
-def _read_info(ctx: StageContext, src: Path, role: str) -> dict[str, Any]:
+def read_info(ctx: StageContext, src: Path, role: str) -> dict[str, Any]:
     try:
         info: dict[str, Any] = json.loads((src / "image-info.json").read_text())
     except (OSError, ValueError) as exc:
@@ -241,3 +221,23 @@ def _read_info(ctx: StageContext, src: Path, role: str) -> dict[str, Any]:
     if info.get("role") != role:
         raise ctx.planner_bug(f"input {src} is a {info.get('role')} rootfs, not a {role}")
     return info
+
+
+def add_guest(ctx: StageContext, g: Guest, src: Path, info: dict[str, Any],
+               edits: Edits) -> None:
+    if not (src / "vmlinuz").is_file():
+        raise StageFailed(ctx.node, f"guest {g.name}: its rootfs exported no kernel "
+                          "(vmlinuz)", log=ctx.log, hint="the guest needs a kernel package")
+    home = f"{IMAGES_DIR}/{g.name}"
+    edits.mkdir(home)
+    edits.write(src / info["fs"]["file"], f"{home}/disk.raw")
+    edits.write(src / "vmlinuz", f"{home}/vmlinuz")
+    ramdisk = (src / "initrd.img").is_file()
+    if ramdisk:
+        edits.write(src / "initrd.img", f"{home}/initrd.img")
+    cfg = ctx.work / f"{g.name}.cfg"
+    cfg.write_text(guest_config(g, ramdisk=ramdisk))
+    cfg.chmod(0o644)
+    edits.write(cfg, f"/etc/xen/{g.name}.cfg")
+    if g.autostart:
+        edits.symlink(f"/etc/xen/auto/{g.name}.cfg", f"../{g.name}.cfg")
