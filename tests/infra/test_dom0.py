@@ -46,6 +46,7 @@ def _script(units: list[str], packages: list[str]) -> str:
                  + " ".join(map(shlex.quote, units)),
         "links": "ip -o link show",
         "os-release": "cat /etc/os-release",
+        "machine": "hostname; findmnt -n -o FSTYPE /",
     }
     if packages:
         sections["packages"] = ("dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' "
@@ -216,3 +217,20 @@ def test_packages_are_the_built_ones(facts: dict[str, tuple[int, str]],
         assert name in installed, f"package {name} is not installed"
         assert installed[name] == version, f"{name} {installed[name]} is installed, the " \
             f"build made {version}"
+
+
+def test_the_machine_is_the_one_booted(facts: dict[str, tuple[int, str]],
+                                       expect: dict[str, Any]) -> None:
+    """Its root filesystem is of the medium it booted from (ext4 of a disk, the overlay of
+    a live ISO) and its hostname the one it was given (an install's, the image's)."""
+    lines = _ok(facts, "machine", "hostname; findmnt /").splitlines()
+    assert len(lines) == 2, f"unexpected output: {lines}"
+    hostname, fstype = lines
+    want = expect.get("machine", {})
+    if not want:
+        pytest.skip("no machine expected (xenforge test passes the booted medium's)")
+    if want.get("root_fstype"):
+        assert fstype == want["root_fstype"], \
+            f"/ is {fstype}, the booted medium ({want.get('medium')}) gives {want['root_fstype']}"
+    if want.get("hostname"):
+        assert hostname == want["hostname"], f"hostname is {hostname}, not {want['hostname']}"

@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         "first use and added",
     )
     t.add_argument("--firmware", choices=["bios", "uefi"], help="boot firmware")
+    medium = t.add_mutually_exclusive_group()
+    medium.add_argument("--iso", dest="medium", action="store_const", const="iso",
+                        default="disk", help="boot the recipe's ISO live (from a CD) and run "
+                        "the dom0 suite")
+    medium.add_argument("--install", dest="medium", action="store_const", const="install",
+                        help="install the recipe's ISO unattended onto an empty virtual disk, "
+                        "boot that disk alone and run the suites")
     t.add_argument(
         "--suite",
         action="append",
@@ -137,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bo.add_argument("recipe", metavar="RECIPE|FILE")
     bo.add_argument("--firmware", choices=["bios", "uefi"])
+    bo.add_argument("--iso", action="store_true", help="boot the recipe's ISO live (a CD)")
     bo.add_argument("--timeout", type=int, help="seconds to wait for readiness")
     bo.add_argument("-o", "--out", default="out", help="where the build put its artifacts")
     bo.set_defaults(func=cmd_boot)

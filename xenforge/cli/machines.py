@@ -53,7 +53,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             known_hosts=Path(args.known_hosts) if args.known_hosts else None))
     progress = Progress(quiet=args.quiet, plain=True)
     return report(test_built(out, cache=cache, progress=progress, settings=settings,
-                             firmware=args.firmware, junit=junit))
+                             firmware=args.firmware, junit=junit, medium=args.medium))
 
 
 def is_artifact(arg: str) -> bool:
@@ -65,7 +65,7 @@ def is_artifact(arg: str) -> bool:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from xenforge.cli.progress import last_line
-    from xenforge.verify.targets import artifact_target, boot_target
+    from xenforge.verify.targets import artifact_target, boot_target, iso_target
     from xenforge.vm.session import Session, kvm_works
 
     if is_artifact(args.recipe):
@@ -74,7 +74,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         name, recipe = Path(args.recipe).stem, "RECIPE"
     else:
         loaded, settings, out = recipe_and_out(args)
-        target = boot_target(out, firmware=args.firmware, settings=settings)
+        pick = iso_target if args.iso else boot_target
+        target = pick(out, firmware=args.firmware, settings=settings)
         name, recipe = loaded.name, args.recipe
     cache = cache_of(args)
     run_dir = cache.state.run_dir(name)

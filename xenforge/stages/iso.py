@@ -19,8 +19,9 @@ Steps:
    mtools, no mount) with ``xorriso``'s hybrid MBR + GPT, so the same file boots from a CD
    and written raw to a USB stick, under SeaBIOS and OVMF.
 
-Outputs: ``<name>-<version>.iso`` and ``iso-info.json`` (the rootfs's record plus the ISO's
-label, firmware, menu, files with sizes and sha256, timings).
+Outputs: ``<name>-<version>.iso``, ``access_key``(``.pub``) of the rootfs, and
+``iso-info.json`` (the rootfs's record plus the ISO's label, firmware, menu, files with
+sizes, timings).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from xenforge.core.files import write_json_atomic
 from xenforge.core.hashing import sha256_file
 from xenforge.lib import gptdisk
 from xenforge.lib.ext4 import Edits, Ext4Image
+from xenforge.lib.isoseed import SEED_FILE, SEED_LABEL
 from xenforge.lib.xl import Guest
 from xenforge.stages.base import Stage, StageContext, StageOptions
 from xenforge.stages.disk import add_guest, read_info
@@ -62,6 +64,12 @@ insmod gzio
 insmod multiboot2
 if [ "$grub_platform" = efi ]; then set xf_fw=uefi; else set xf_fw=bios; fi
 set xf_live='{live}'
+# an install seed (a medium labelled {seed_label}, see xenforge/lib/isoseed.py) may set the
+# default entry, the timeout and the install's kernel parameters (xf_auto): unattended
+set xf_auto=''
+if search --no-floppy --set=xf_seed --label {seed_label}; then
+    if [ -f ($xf_seed)/{seed_file} ]; then source ($xf_seed)/{seed_file}; fi
+fi
 {entries}"""
 
 ENTRY = """\
@@ -108,13 +116,14 @@ def grub_cfg(opts: IsoOptions, version: str) -> str:
                                     extra=""))
     if "install" in opts.modes:
         entries.append(ENTRY.format(title="Install the Xen host to a disk", id="install",
-                                    xen=xen, dom0=dom0, extra="xenforge.install"))
+                                    xen=xen, dom0=dom0, extra="xenforge.install $xf_auto"))
     # a root shell without a password (the live system's root account is locked)
     entries.append(ENTRY.format(title="Rescue shell (live)", id="rescue", xen=xen, dom0=dom0,
                                 extra="systemd.unit=rescue.target "
                                 "systemd.setenv=SYSTEMD_SULOGIN_FORCE=1"))
     return GRUB_CFG.format(name=opts.name, version=version, timeout=opts.menu_timeout,
                            live=f"{LIVE_BOOT} xenforge.label={opts.label}",
+                           seed_label=SEED_LABEL, seed_file=SEED_FILE,
                            entries="".join(entries)).rstrip() + "\n"
 
 
@@ -133,7 +142,8 @@ class IsoStage(Stage):
     name: ClassVar[str] = "iso"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = IsoOptions
-    artifacts: ClassVar[tuple[str, ...]] = ("*.iso", "iso-info.json")
+    artifacts: ClassVar[tuple[str, ...]] = ("*.iso", "iso-info.json", "access_key",
+                                            "access_key.pub")
 
     def run(self, ctx: StageContext) -> None:
         opts: IsoOptions = ctx.options
@@ -221,6 +231,9 @@ class IsoStage(Stage):
                         "mkrescue": round(time.monotonic() - t2, 1),
                         "iso": round(time.monotonic() - started, 1)},
         })
+        for key in ("access_key", "access_key.pub"):
+            if (src / key).is_file():
+                os.link(src / key, ctx.out / key)
         write_json_atomic(ctx.out / "iso-info.json", info)
         ctx.note(f"iso {iso.name}: {iso.stat().st_size >> 20} MiB (system "
                  f"{used >> 20} MiB, squashfs {squashfs.stat().st_size >> 20} MiB)")

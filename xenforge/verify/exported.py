@@ -1,5 +1,5 @@
-"""Read what a build exported to ``out/<recipe>/``: the dom0 image to boot, its access key,
-and what a booted host must show (the expectations handed to the testinfra suites)."""
+"""Read what a build exported to ``out/<recipe>/``: the dom0 image and ISO to boot, their
+access key, and what a booted host must show (the expectations handed to the testinfra suites)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,33 @@ def find_dom0(out: Path) -> BuiltHost:
                          user=info.get("access_user") or "root", info=info)
     raise InputError(f"{out} has no dom0 disk image",
                      hint="the recipe needs an image with role: dom0 (see recipes/xen-host.yaml)")
+
+
+@dataclass
+class BuiltIso:
+    out: Path
+    iso: Path
+    firmware: list[str]
+    key: Path | None
+    user: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def find_iso(out: Path) -> BuiltIso:
+    """The ISO a build of a recipe exported; InputError naming the fix if none."""
+    if not (out / "manifest.json").is_file():
+        raise InputError(f"{out} holds no build", hint=f"build it first: xenforge build "
+                         f"recipes/{out.name}.yaml (or pass -o/--out where you built it)")
+    for info_file in sorted(out.glob("iso-*/iso-info.json")):
+        info = _json(info_file)
+        iso = info_file.parent / info["iso"]["file"]
+        if iso.is_file():
+            key = info_file.parent / "access_key"
+            return BuiltIso(out=out, iso=iso, firmware=list(info["iso"]["firmware"]),
+                            key=key if key.is_file() else None,
+                            user=info.get("access_user") or "root", info=info)
+    raise InputError(f"{out} has no ISO", hint="add an `iso:` section to the recipe (see "
+                     "recipes/xen-host.yaml) and build it again")
 
 
 def expectations(out: Path) -> dict[str, Any]:

@@ -1,18 +1,21 @@
-"""``xenforge test``: boot a build's dom0 image (or take a real host), run the suites, stop."""
+"""``xenforge test``: boot a build's dom0 image or ISO (or take a real host), run the suites,
+stop."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from xenforge.cache import Cache
 from xenforge.cli.progress import Progress
 from xenforge.core.errors import InputError
 from xenforge.recipe.model import TestsSection
-from xenforge.verify.exported import expectations, find_dom0
+from xenforge.verify.exported import expectations, find_dom0, find_iso
+from xenforge.verify.install import install
 from xenforge.verify.suites import Outcome, run_suites
 from xenforge.vm.session import Session, Target, kvm_works
 
@@ -82,16 +85,53 @@ def _dom0_kernel(out: Path) -> Path | None:
     return found[0] if found else None
 
 
+def iso_target(out: Path, *, firmware: str | None, settings: TestsSection) -> Target:
+    """The ISO a build exported, booted live from a CD."""
+    built = find_iso(out)
+    fw = _firmware(firmware, settings, built.firmware, built.iso)
+    return Target(iso=built.iso, firmware=fw,  # type: ignore[arg-type]
+                  memory=settings.boot.memory, cpus=settings.boot.cpus, key=built.key,
+                  user=built.user, kernel=_dom0_kernel(out),
+                  ready=re.escape(built.info.get("ready_marker") or "") or Target.ready)
+
+
+#: what ``xenforge test`` boots: the dom0 disk, the ISO live, or a disk the ISO installed
+Medium = Literal["disk", "iso", "install"]
+
+
 def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSection,
-               firmware: str | None = None, junit: Path | None = None) -> Outcome:
-    """Boot the dom0 image a build exported to ``out`` and run the suites against it."""
+               firmware: str | None = None, junit: Path | None = None,
+               medium: Medium = "disk") -> Outcome:
+    """Boot what a build exported to ``out`` (its dom0 disk; its ISO live; or a disk its
+    ISO installed unattended first) and run the suites against it."""
     logs = cache.state.logs(out.name)
-    target = boot_target(out, firmware=firmware, settings=settings)
-    kvm = kvm_works(cache.state.probes(), target.kernel, logs / "kvm-probe.log")
-    progress.line(f"boot   {target.disk.name if target.disk else target.iso} "
-                  f"({target.firmware}, {'KVM' if kvm else 'TCG'})")
-    start = time.monotonic()
     workdir = cache.state.run_dir(out.name)
+    expect = suite_expectations(out, settings)
+    builtin = settings.builtin
+    if medium == "disk":
+        target = boot_target(out, firmware=firmware, settings=settings)
+        expect["machine"] = {"medium": "disk", "root_fstype": "ext4"}
+    else:
+        target = iso_target(out, firmware=firmware, settings=settings)
+        expect["machine"] = {"medium": "live ISO", "root_fstype": "overlay"}
+    kvm = kvm_works(cache.state.probes(), target.kernel, logs / "kvm-probe.log")
+    accel = "KVM" if kvm else "TCG"
+    start = time.monotonic()
+    if medium == "iso":
+        builtin = [s for s in builtin if s != "guests"]  # live guests start by hand
+    if medium == "install":
+        assert target.iso is not None
+        progress.line(f"install {target.iso.name} -> an empty disk ({target.firmware}, "
+                      f"{accel})")
+        done = install(find_iso(out), workdir=workdir / "install", log=logs / "install.log",
+                       firmware=target.firmware, memory=target.memory, cpus=target.cpus,
+                       kvm=kvm)
+        progress.line(f"installed in {done.seconds:.0f}s: {done.done}")
+        target = replace(target, iso=None, disk=done.disk, key=done.key)
+        expect["machine"] = {"medium": "installed disk", "root_fstype": "ext4",
+                             "hostname": done.hostname}
+    progress.line(f"boot   {target.disk.name if target.disk else target.iso} "
+                  f"({target.firmware}, {accel})")
     verify_log = logs / "verify.log"
     verify_log.unlink(missing_ok=True)  # its last line is what `still` shows
     with progress, Session(target, workdir=workdir, log=logs / "qemu.log", kvm=kvm) as vm:
@@ -99,9 +139,9 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
         vm.wait_ready(settings.boot.timeout)
         progress.finished("boot", "ready", vm.ssh_url)
         progress.started("suites", str(verify_log))
-        outcome = run_suites(vm.ssh_url, expect=suite_expectations(out, settings),
+        outcome = run_suites(vm.ssh_url, expect=expect,
                              junit=junit or out / "test-results" / "junit.xml",
-                             log=verify_log, builtin=settings.builtin,
+                             log=verify_log, builtin=builtin,
                              extra=settings.suites, identity=target.key, throwaway_host=True)
         progress.finished("suites", "ok" if outcome.ok else "failed",
                           f"{outcome.tests} checks; stopping the VM "

@@ -39,6 +39,9 @@ class Target:
     #: report, printed once the Xen services and autostarted guests are up), else a login
     ready: str = r"login:"
     kernel: Path | None = None  # a kernel to probe KVM with (optional)
+    #: more disks, attached after ``disk`` as they are (the machine writes them): an
+    #: installer's target, an install seed
+    extra_disks: tuple[Path, ...] = ()
 
 
 def free_port() -> int:
@@ -118,6 +121,7 @@ class Session:
             disks: tuple[Path, ...] = ()
             if target.disk is not None:
                 disks = (self._overlay(target.disk),)
+            disks += target.extra_disks
         except BaseException:
             os.close(self._lock)
             raise
