@@ -70,7 +70,8 @@ def out_dir(main_job: MainJob) -> Path:
 def test_build_exports_every_artifact_with_checksums(out_dir: Path) -> None:
     manifest = json.loads((out_dir / "manifest.json").read_text())
     paths = {a["path"] for a in manifest["artifacts"]}
-    for want in ("hypervisor/xen.gz", "image-xen-host/xen-host.qcow2", "image-xen-host/access_key"):
+    for want in ("hypervisor/xen.gz", "image-xen-host/xen-host.qcow2", "image-xen-host/access_key",
+                 "iso-xen-host/iso-info.json"):
         assert want in paths, f"{want} missing from the artifacts: {sorted(paths)}"
     assert any(p.startswith("xen-debs/") and p.endswith(".deb") for p in paths)
     assert any(p.startswith("kernel-dom0/") and p.endswith(".deb") for p in paths)
@@ -88,6 +89,45 @@ def test_booted_default_recipe_passes_the_suites(main_job: MainJob, out_dir: Pat
     assert any("hypervisor_is_the_built_one" in c for c in cases), cases
     assert "passed, 0 failed" in main_job.stdout
     assert not _qemus(), "a QEMU is still running after xenforge test"
+
+
+def _xenforge_test(out_dir: Path, tmp_path: Path, *args: str) -> tuple[str, set[str]]:
+    res = subprocess.run([*XENFORGE, "test", str(RECIPE), "-o", str(out_dir.parent),
+                          "--junit", str(tmp_path / "junit.xml"), *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=3600)
+    print(res.stdout[-3000:])
+    assert res.returncode == 0, f"xenforge test {args} failed:\n{res.stdout}\n{res.stderr}"
+    assert not _qemus(), f"a QEMU is still running after xenforge test {args}"
+    cases = {c.get("name", "") for c in ET.parse(tmp_path / "junit.xml").getroot()
+             .iter("testcase")}
+    return res.stdout, cases
+
+
+def test_the_iso_boots_live_and_passes_the_dom0_suite(out_dir: Path, tmp_path: Path) -> None:
+    """`xenforge test --iso`: the release ISO from a CD under SeaBIOS, live (root on the
+    overlay, checked by the suite), the dom0 suite."""
+    isos = list((out_dir / "iso-xen-host").glob("xen-host-*.iso"))
+    assert len(isos) == 1, f"the build exported no ISO: {sorted(out_dir.iterdir())}"
+    stdout, cases = _xenforge_test(out_dir, tmp_path, "--iso", "--firmware", "bios")
+    assert "passed, 0 failed" in stdout
+    assert any("hypervisor_is_the_built_one" in c for c in cases), cases
+    assert any("the_machine_is_the_one_booted" in c for c in cases), cases
+    assert not any(c.startswith("test_guest_lifecycle") for c in cases)
+
+
+def test_the_iso_installs_unattended_and_the_installed_host_passes(out_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """`xenforge test --install`: the ISO installs itself onto an empty virtio disk under
+    OVMF (a seed disk gives the target, hostname, SSH key and poweroff), then that disk
+    boots alone under OVMF and passes the dom0 and guest suites."""
+    stdout, cases = _xenforge_test(out_dir, tmp_path, "--install", "--firmware", "uefi")
+    assert re.search(r"installed in \d+s: XENFORGE-INSTALL-DONE target=/dev/vda", stdout), \
+        stdout
+    assert "firmware=uefi" in stdout
+    assert "passed, 0 failed" in stdout
+    assert any("the_machine_is_the_one_booted" in c for c in cases), cases
+    lifecycles = [c for c in cases if c.startswith("test_guest_lifecycle")]
+    assert len(lifecycles) >= 2, cases
 
 
 def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:

@@ -34,20 +34,22 @@ BOOTABLE = {".qcow2": "disk", ".raw": "disk", ".img": "disk", ".iso": "iso"}
 
 
 def artifact_target(path: Path, *, firmware: str | None, settings: TestsSection) -> Target:
-    """A disk image or ISO given by path. Next to a built image, its ``image-info.json`` says
-    which firmware it boots with and its ``access_key`` how to log in."""
+    """A disk image or ISO given by path. Next to a built one, its ``image-info.json``
+    (``iso-info.json``) says which firmware it boots with and its ``access_key`` how to log
+    in."""
     kind = BOOTABLE.get(path.suffix)
     if kind is None or not path.is_file():
         raise InputError(f"{path}: not a recipe or a bootable file",
                          hint="pass a recipe (recipes/xen-host.yaml), a disk image "
                          "(.qcow2, .raw, .img) or an ISO")
-    info_file = path.parent / "image-info.json"
+    info_file = path.parent / ("iso-info.json" if kind == "iso" else "image-info.json")
     try:
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     except ValueError:
         raise InputError(f"{info_file} is damaged (not JSON)",
                          hint="export the image again: xenforge build RECIPE") from None
-    fw = _firmware(firmware, settings, list(info.get("firmware") or ["bios", "uefi"]), path)
+    supported = (info.get("iso") or {}).get("firmware") or info.get("firmware")
+    fw = _firmware(firmware, settings, list(supported or ["bios", "uefi"]), path)
     key = path.parent / "access_key"
     return Target(disk=path if kind == "disk" else None, iso=path if kind == "iso" else None,
                   firmware=fw,  # type: ignore[arg-type]
