@@ -239,18 +239,21 @@ def test_dom0_mem_reruns_the_disk_and_nothing_upstream(tmp_path: Path) -> None:
     base = _host_variant(tmp_path, "extends: [base.yaml]", "extends: [base.yaml]").parent
     (base / "base.yaml").write_text((base / "base.yaml").read_text().replace(
         "dom0_mem=1024M,max:1024M", "dom0_mem=1536M,max:1536M"))
-    assert _changed(before, _plan(base / "xen-host.yaml")) == {"image:xen-host"}
+    # the disk and the ISO boot with it; no diskimage-builder run
+    assert _changed(before, _plan(base / "xen-host.yaml")) == {"image:xen-host", "iso:xen-host"}
 
 
-@pytest.mark.parametrize("old,new", [
+@pytest.mark.parametrize("old,new,iso", [
     ("memory: 256\n    autostart: true\n    # both",
-     "memory: 384\n    autostart: true\n    # both"),
-    ("size: 8G", "size: 10G"),
-    ("formats: [raw, qcow2]", "formats: [qcow2]"),
+     "memory: 384\n    autostart: true\n    # both", True),  # the ISO carries the guests
+    ("size: 8G", "size: 10G", False),
+    ("formats: [raw, qcow2]", "formats: [qcow2]", False),
 ])
-def test_machine_settings_rerun_only_the_disk(tmp_path: Path, old: str, new: str) -> None:
+def test_machine_settings_rerun_only_the_disk(tmp_path: Path, old: str, new: str,
+                                              iso: bool) -> None:
     before = _plan(REPO / "recipes" / "xen-host.yaml")
-    assert _changed(before, _plan(_host_variant(tmp_path, old, new))) == {"image:xen-host"}
+    assert _changed(before, _plan(_host_variant(tmp_path, old, new))) == \
+        {"image:xen-host", *(["iso:xen-host"] if iso else [])}
 
 
 def test_plan_guest_recipe_alone() -> None:

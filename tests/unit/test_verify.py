@@ -200,7 +200,7 @@ def test_dom0_facts_come_in_one_command() -> None:
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
     facts = infra_dom0._parse(out)
     assert set(facts) == {"system", "capabilities", "devices", "xl-info", "xl-list", "uname",
-                          "processes", "units", "links", "os-release", "packages"}
+                          "processes", "units", "links", "os-release", "machine", "packages"}
     assert facts["uname"] == (0, os.uname().release)
     assert facts["xl-info"][0] != 0  # this machine is no Xen host: the check says so
     with pytest.raises(AssertionError, match="`xl info` failed with exit"):
