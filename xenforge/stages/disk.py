@@ -159,11 +159,7 @@ class DiskStage(Stage):
             "disk": layout.to_json(), "root_partuuid": root_part.guid,
             "xen_cmdline": opts.xen_cmdline, "kernel_cmdline": opts.kernel_cmdline,
             "files": files,
-            "guests": [{"name": g.name, "type": g.type, "memory": g.memory,
-                        "vcpus": g.vcpus, "autostart": g.autostart, "hostname": g.hostname,
-                        "image": gi["name"], "kernel_version": gi.get("kernel_version"),
-                        "os": (gi.get("os_release") or {}).get("VERSION_CODENAME")}
-                       for g, gi in zip(opts.guests, guest_infos, strict=True)],
+            "guests": guest_records(opts.guests, guest_infos),
             "seconds": {**info.get("seconds", {}),
                         "disk": round(time.monotonic() - started, 1),
                         "assemble_and_convert": round(time.monotonic() - t1, 1)},
@@ -241,3 +237,12 @@ def add_guest(ctx: StageContext, g: Guest, src: Path, info: dict[str, Any],
     edits.write(cfg, f"/etc/xen/{g.name}.cfg")
     if g.autostart:
         edits.symlink(f"/etc/xen/auto/{g.name}.cfg", f"../{g.name}.cfg")
+
+
+def guest_records(guests: tuple[Guest, ...], infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a host's image-info.json says of its guests (the suites' expectations)."""
+    return [{"name": g.name, "type": g.type, "memory": g.memory, "vcpus": g.vcpus,
+             "autostart": g.autostart, "hostname": g.hostname, "image": gi["name"],
+             "kernel_version": gi.get("kernel_version"),
+             "os": (gi.get("os_release") or {}).get("VERSION_CODENAME")}
+            for g, gi in zip(guests, infos, strict=True)]

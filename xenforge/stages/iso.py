@@ -45,7 +45,7 @@ from xenforge.lib.ext4 import Edits, Ext4Image
 from xenforge.lib.isoseed import SEED_FILE, SEED_LABEL
 from xenforge.lib.xl import Guest
 from xenforge.stages.base import Stage, StageContext, StageOptions
-from xenforge.stages.disk import add_guest, read_info
+from xenforge.stages.disk import add_guest, guest_records, read_info
 
 #: the live boot script the xenforge-live element puts into the initramfs
 LIVE_BOOT = "boot=xenforge-live"
@@ -140,7 +140,7 @@ def install_conf(opts: IsoOptions, system_bytes: int) -> str:
 
 class IsoStage(Stage):
     name: ClassVar[str] = "iso"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     Options: ClassVar[type[StageOptions]] = IsoOptions
     artifacts: ClassVar[tuple[str, ...]] = ("*.iso", "iso-info.json", "access_key",
                                             "access_key.pub")
@@ -225,8 +225,7 @@ class IsoStage(Stage):
                     "system_bytes": used, "squashfs_bytes": squashfs.stat().st_size,
                     "files": files},
             "xen_cmdline": with_vga(opts.xen_cmdline), "kernel_cmdline": opts.kernel_cmdline,
-            "guests": [{"name": g.name, "type": g.type, "image": gi["name"]}
-                       for g, gi in zip(opts.guests, guest_infos, strict=True)],
+            "guests": guest_records(opts.guests, guest_infos),
             "seconds": {**info.get("seconds", {}), "squashfs": round(squash_seconds, 1),
                         "mkrescue": round(time.monotonic() - t2, 1),
                         "iso": round(time.monotonic() - started, 1)},
