@@ -14,7 +14,8 @@ import pytest
 from stagectx import stage_context
 from test_images import _guest, _host_variant, _plan, _rootfs_out
 
-from xenforge.core.errors import ValidationFailed
+from xenforge.core.errors import InputError, ValidationFailed
+from xenforge.lib.isoseed import SEED_FILE, SEED_LABEL, seed_config, write_seed
 from xenforge.recipe.load import load_recipe
 from xenforge.stages.iso import IsoOptions, IsoStage, grub_cfg, install_conf, with_vga
 
@@ -170,3 +171,32 @@ def test_iso_stage_makes_a_hybrid_iso_of_the_rootfs(tmp_path: Path) -> None:
     assert "squashfs-root/etc/xen/g1.cfg" in files and "squashfs-root/etc/xen/auto/g1.cfg" in files
     assert "squashfs-root/etc/default/xenforge-boot" in files
     assert not list(tmp_path.glob("**/mnt/*"))  # nothing left mounted or behind
+
+
+def test_a_seed_chooses_the_install_with_its_parameters(tmp_path: Path) -> None:
+    cfg = seed_config({"xenforge.install": "/dev/vda", "xenforge.force": "",
+                       "xenforge.ssh_key": "ssh-ed25519 AAAA me@h 100%"})
+    assert "set default=install\nset timeout=0\n" in cfg
+    # one word per parameter: GRUB splits at spaces, the installer decodes %20 and %25
+    assert ("set xf_auto='xenforge.install=/dev/vda xenforge.force "
+            "xenforge.ssh_key=ssh-ed25519%20AAAA%20me@h%20100%25'") in cfg
+    with pytest.raises(InputError, match="quote"):
+        seed_config({"xenforge.hostname": "a'b"})
+    with pytest.raises(InputError, match="no menu entry"):
+        seed_config({}, entry="nope")
+    seed = write_seed(tmp_path / "seed.img", {"xenforge.then": "poweroff"}, work=tmp_path)
+    label = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(seed)],
+                           capture_output=True, text=True).stdout.strip()
+    assert label == SEED_LABEL
+    text = subprocess.run(["debugfs", "-R", f"cat /{SEED_FILE}", str(seed)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "xenforge.then=poweroff" in text
+
+
+def test_the_installer_decodes_what_the_seed_encodes() -> None:
+    script = (REPO / "image_elements/xenforge-live/bin/xenforge-install").read_text()
+    unescape = next(ln for ln in script.splitlines() if ln.startswith("unescape()"))
+    word = seed_config({"k": "ssh-ed25519 AAAA me@h 100%"}).split("k=", 1)[1].split("'")[0]
+    out = subprocess.run(["bash", "-c", f"{unescape}; unescape '{word}'"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "ssh-ed25519 AAAA me@h 100%"

@@ -38,11 +38,13 @@ def seed_config(params: dict[str, str], *, entry: str = "install", timeout: int 
 
 
 def _value(key: str, value: str) -> str:
-    """A parameter's value as the kernel parses it: double quotes around one with spaces."""
-    if any(c in value for c in "\"'\\$;\n"):
-        raise InputError(f"kernel parameter {key}: {value!r} holds a quote, $, ; or \\",
-                         hint="the ISO's menu passes the value inside quotes")
-    return f'"{value}"' if " " in value else value
+    """A parameter's value as one word: GRUB splits the seed's words at spaces and escapes
+    quotes (which Linux does not undo), so spaces and ``%`` are written ``%20``/``%25``,
+    which xenforge-install decodes."""
+    if any(c in value for c in "\"'\\$;\n{}"):
+        raise InputError(f"kernel parameter {key}: {value!r} holds a quote, $, ;, braces or \\",
+                         hint="the ISO's menu takes plain words")
+    return value.replace("%", "%25").replace(" ", "%20")
 
 
 def write_seed(dest: Path, params: dict[str, str], *, work: Path, entry: str = "install",
