@@ -141,7 +141,7 @@ def _guest_starts_live(vm: Session, key: Path) -> None:
     """A guest of the ISO's images starts by hand in the live system and reaches userspace."""
     rc, out = _ssh(vm, key, "ls -A /etc/xen/auto | wc -l; sudo xl list | wc -l")
     assert rc == 0 and out.split() == ["0", "2"], f"live guests should not autostart: {out}"
-    rc, out = _ssh(vm, key, "sudo xl create /etc/xen/guest-pv.cfg")
+    rc, out = _ssh(vm, key, "sudo xenforge-live-guest guest-pv")
     assert rc == 0, out
     rc, out = _ssh(vm, key, "for i in $(seq 300); do sudo grep -a XENFORGE-GUEST-READY "
                    "/var/log/xen/console/guest-guest-pv.log && exit 0; sleep 2; done; "
