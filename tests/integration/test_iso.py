@@ -147,4 +147,4 @@ def _guest_starts_live(vm: Session, key: Path) -> None:
                    "/var/log/xen/console/guest-guest-pv.log && exit 0; sleep 2; done; "
                    "sudo tail -20 /var/log/xen/console/guest-guest-pv.log; exit 1", timeout=700)
     assert rc == 0, out
-    assert "guest_type=pv" in out or "type=pv" in out, out
+    assert "guest_type=PV" in out and "hostname=guest-pv" in out, out
