@@ -107,12 +107,7 @@ class DiskStage(Stage):
     def run(self, ctx: StageContext) -> None:
         opts: DiskOptions = ctx.options
         started = time.monotonic()
-        src = ctx.input("rootfs")
-        info = read_info(ctx, src, "dom0")
-        guests = ctx.input_list("guests")
-        if len(guests) != len(opts.guests):
-            raise ctx.planner_bug(f"{len(opts.guests)} guests but {len(guests)} guest inputs")
-        guest_infos = [read_info(ctx, g, "guest") for g in guests]
+        src, info, guests, guest_infos = host_inputs(ctx, len(opts.guests))
 
         layout = gptdisk.plan_layout((opts.size - gptdisk.overhead_mib(opts.firmware,
                                                                       opts.esp_size)) * MIB,
@@ -207,6 +202,18 @@ class DiskStage(Stage):
         boot_vars.chmod(0o644)
         edits.write(settings, BOOT_SETTINGS, replace=True)
         edits.write(boot_vars, BOOT_VARS, replace=True)
+
+
+def host_inputs(ctx: StageContext, n_guests: int
+                ) -> tuple[Path, dict[str, Any], list[Path], list[dict[str, Any]]]:
+    """A host's inputs (of the disk and iso stages): the dom0 rootfs and its record, and one
+    guest rootfs with its record per guest of the options."""
+    src = ctx.input("rootfs")
+    info = read_info(ctx, src, "dom0")
+    guests = ctx.input_list("guests")
+    if len(guests) != n_guests:
+        raise ctx.planner_bug(f"{n_guests} guests but {len(guests)} guest inputs")
+    return src, info, guests, [read_info(ctx, g, "guest") for g in guests]
 
 
 def read_info(ctx: StageContext, src: Path, role: str) -> dict[str, Any]:

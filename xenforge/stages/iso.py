@@ -45,7 +45,7 @@ from xenforge.lib.ext4 import Edits, Ext4Image
 from xenforge.lib.isoseed import SEED_FILE, SEED_LABEL
 from xenforge.lib.xl import Guest
 from xenforge.stages.base import Stage, StageContext, StageOptions
-from xenforge.stages.disk import add_guest, guest_records, read_info
+from xenforge.stages.disk import add_guest, guest_records, host_inputs
 
 #: the live boot script the xenforge-live element puts into the initramfs
 LIVE_BOOT = "boot=xenforge-live"
@@ -149,12 +149,7 @@ class IsoStage(Stage):
         opts: IsoOptions = ctx.options
         started = time.monotonic()
         version = opts.version or time.strftime("%Y%m%d", time.gmtime(ctx.epoch))
-        src = ctx.input("rootfs")
-        info = read_info(ctx, src, "dom0")
-        guests = ctx.input_list("guests")
-        if len(guests) != len(opts.guests):
-            raise ctx.planner_bug(f"{len(opts.guests)} guests but {len(guests)} guest inputs")
-        guest_infos = [read_info(ctx, g, "guest") for g in guests]
+        src, info, guests, guest_infos = host_inputs(ctx, len(opts.guests))
         xens = sorted(src.glob("xen*.gz"))
         for file in ("vmlinuz", "initrd.img"):
             if not (src / file).is_file():
