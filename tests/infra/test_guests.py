@@ -114,18 +114,20 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any]) -> None:
     autostarts was started by dom0's xendomains (all of them at once, while the dom0 suite
     ran): that boot is the first one, and proves the autostart; then ``xl create`` once
     more. Any other guest found running (left by an earlier run) is stopped first and
-    created twice."""
+    created twice. An expectation ``boots: 1`` checks one boot only (the autostarted one,
+    else one ``xl create``): ``xenforge test --install`` checks the installed host's guests
+    that way, the main job does the whole life cycle."""
     name = guest["name"]
     cfg = guest.get("config", f"/etc/xen/{name}.cfg")
     log = f"/var/log/xen/console/guest-{name}.log"
     timeout = int(guest.get("timeout", 600))  # a ceiling: PVH under QEMU TCG is slow
-    attempts = ["first", "second"]
+    attempts = ["first", "second"][:max(1, int(guest.get("boots", 2)))]
     if _listed(host, name):
         booting = _banner_offset(host, log) if guest.get("autostart") else None
         if booting is not None:
             _check_boot(host, guest, _wait_ready(host, log, booting, timeout))
             _shut_down(host, name)
-            attempts = ["second"]
+            attempts = attempts[1:]
         else:
             host.run(f"timeout 120 xl shutdown -w {name} || xl destroy {name}")
             if not _gone(host, name, 60):
