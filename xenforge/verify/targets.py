@@ -14,7 +14,7 @@ from xenforge.cache import Cache
 from xenforge.cli.progress import Progress
 from xenforge.core.errors import InputError
 from xenforge.recipe.model import TestsSection
-from xenforge.verify.exported import expectations, find_dom0, find_iso
+from xenforge.verify.exported import BuiltIso, expectations, find_dom0, find_iso
 from xenforge.verify.install import install
 from xenforge.verify.suites import Outcome, run_suites
 from xenforge.vm.session import Session, Target, kvm_works
@@ -87,9 +87,10 @@ def _dom0_kernel(out: Path) -> Path | None:
     return found[0] if found else None
 
 
-def iso_target(out: Path, *, firmware: str | None, settings: TestsSection) -> Target:
-    """The ISO a build exported, booted live from a CD."""
-    built = find_iso(out)
+def iso_target(out: Path, *, firmware: str | None, settings: TestsSection,
+               built: BuiltIso | None = None) -> Target:
+    """The ISO a build exported (``built``, when already found), booted live from a CD."""
+    built = built or find_iso(out)
     fw = _firmware(firmware, settings, built.firmware, built.iso)
     return Target(iso=built.iso, firmware=fw,  # type: ignore[arg-type]
                   memory=settings.boot.memory, cpus=settings.boot.cpus, key=built.key,
@@ -114,7 +115,8 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
         target = boot_target(out, firmware=firmware, settings=settings)
         expect["machine"] = {"medium": "disk", "root_fstype": "ext4"}
     else:
-        target = iso_target(out, firmware=firmware, settings=settings)
+        built_iso = find_iso(out)
+        target = iso_target(out, firmware=firmware, settings=settings, built=built_iso)
         expect["machine"] = {"medium": "live ISO", "root_fstype": "overlay"}
     kvm = kvm_works(cache.state.probes(), target.kernel, logs / "kvm-probe.log")
     accel = "KVM" if kvm else "TCG"
@@ -125,7 +127,7 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
         assert target.iso is not None
         progress.line(f"install {target.iso.name} -> an empty disk ({target.firmware}, "
                       f"{accel})")
-        done = install(find_iso(out), workdir=workdir / "install", log=logs / "install.log",
+        done = install(built_iso, workdir=workdir / "install", log=logs / "install.log",
                        firmware=target.firmware, memory=target.memory, cpus=target.cpus,
                        kvm=kvm)
         progress.line(f"installed in {done.seconds:.0f}s: {done.done}")
