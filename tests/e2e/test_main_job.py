@@ -86,9 +86,26 @@ def test_booted_default_recipe_passes_the_suites(main_job: MainJob, out_dir: Pat
     lifecycles = [c for c in cases if c.startswith("test_guest_lifecycle")]
     assert any(re.search(r"guest-pvh\b", c) for c in lifecycles), cases
     assert any(re.search(r"guest-pv\b(?!h)", c) for c in lifecycles), cases
+    assert any(re.search(r"guest-pvhvm\b", c) for c in lifecycles), cases
+    assert any(c.startswith("test_hvm_guest_without_device_model") for c in cases), cases
     assert any("hypervisor_is_the_built_one" in c for c in cases), cases
+    _bench(junit, "guest-pvhvm", "vbd")
     assert "passed, 0 failed" in main_job.stdout
     assert not _qemus(), "a QEMU is still running after xenforge test"
+
+
+def _bench(junit: Path, guest: str, driver: str) -> dict[str, str]:
+    """The disk throughput an HVM guest's lifecycle measured (JUnit properties)."""
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        if case.get("name", "").startswith(f"test_guest_lifecycle[{guest}-"):
+            props = {p.get("name", ""): p.get("value", "")
+                     for p in case.iter("property")}
+            assert props.get("bench_driver") == driver, props
+            assert float(props["bench_write_mib_s"]) > 0, props
+            assert float(props["bench_read_mib_s"]) > 0, props
+            print(f"{guest}: disk throughput {props}")
+            return props
+    raise AssertionError(f"no lifecycle of {guest} in {junit}")
 
 
 def _xenforge_test(out_dir: Path, tmp_path: Path, *args: str) -> tuple[str, set[str]]:
@@ -127,7 +144,7 @@ def test_the_iso_installs_unattended_and_the_installed_host_passes(out_dir: Path
     assert "passed, 0 failed" in stdout
     assert any("the_machine_is_the_one_booted" in c for c in cases), cases
     lifecycles = [c for c in cases if c.startswith("test_guest_lifecycle")]
-    assert len(lifecycles) == 2, cases  # both guests' autostarted boots reached userspace
+    assert len(lifecycles) == 3, cases  # each guest's autostarted boot reached userspace
 
 
 def test_host_mode_against_a_booted_vm(out_dir: Path, tmp_path: Path) -> None:
@@ -207,6 +224,32 @@ def test_a_sigkilled_xenforge_boot_leaves_no_qemu(out_dir: Path) -> None:
         boot.wait()
         for line in _qemus():  # do not leave one behind for the next test
             os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+HVM = REPO / "recipes" / "xen-host-hvm.yaml"
+
+
+def test_an_unmodified_hvm_guest_boots_from_its_own_disk(out_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """The HVM recipe: Debian's stock kernel in a guest that SeaBIOS and GRUB boot from its
+    own disk, with emulated devices only; its lifecycle (mode, devices, clean shutdown, no
+    device model left, a second boot measuring the emulated disk) and the broken device
+    model check pass. The PVHVM form is the main job's (guest-pvhvm)."""
+    out = out_dir.parent
+    res = subprocess.run([*XENFORGE, "build", str(HVM), "--plain", "-o", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert res.returncode == 0, f"build failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    junit = tmp_path / "junit.xml"
+    res = subprocess.run([*XENFORGE, "test", str(HVM), "-o", str(out), "--suite", "guests",
+                          "--junit", str(junit)],
+                         cwd=REPO, capture_output=True, text=True, timeout=3600)
+    print(res.stdout[-3000:])
+    assert res.returncode == 0, f"the HVM suite failed:\n{res.stdout}\n{res.stderr[-3000:]}"
+    cases = {c.get("name", "") for c in ET.parse(junit).getroot().iter("testcase")}
+    assert any(c.startswith("test_guest_lifecycle[guest-hvm-") for c in cases), cases
+    assert any(c.startswith("test_hvm_guest_without_device_model") for c in cases), cases
+    _bench(junit, "guest-hvm", "sd")
+    assert not _qemus(), "a QEMU is still running after xenforge test"
 
 
 BROKEN = REPO / "tests" / "recipes" / "e2e" / "xen-host-no-room.yaml"

@@ -40,3 +40,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "guest" in metafunc.fixturenames:
         guests = _load(metafunc.config).get("guests", [])
         metafunc.parametrize("guest", guests, ids=[g["name"] for g in guests])
+    if "hvm_guest" in metafunc.fixturenames:  # checks that only HVM guests have
+        hvm = [g for g in _load(metafunc.config).get("guests", []) if g.get("type") == "hvm"]
+        metafunc.parametrize("hvm_guest", hvm, ids=[g["name"] for g in hvm])

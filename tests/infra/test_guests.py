@@ -2,8 +2,13 @@
 the right mode with the built kernel, shut it down cleanly, and create it once more.
 
 Contract with the guest image (xenforge's ``xen-domu`` element): when userspace is up the
-guest prints ``XENFORGE-GUEST-READY type=... guest_type=... kernel=...`` on its console, and
-dom0's xenconsoled logs guest consoles to ``/var/log/xen/console/guest-NAME.log``.
+guest prints ``XENFORGE-GUEST-READY type=... guest_type=... kernel=... root=... root_driver=...
+nic_driver=... xen_frontends=...`` on its console, and dom0's xenconsoled logs guest consoles
+to ``/var/log/xen/console/guest-NAME.log`` (an HVM guest that boots its own disk has its
+console on the serial port, which its device model writes to the expectation's
+``console_log``). A disk whose first bytes say ``XENFORGE-BENCH <MiB>`` makes the guest
+measure it with ``dd`` (O_DIRECT) and print ``XENFORGE-GUEST-BENCH ... write_mib_s=...
+read_mib_s=...`` before the ready line: the second boot of an HVM guest gets one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,11 @@ import shlex
 from typing import Any
 
 MARKER = "XENFORGE-GUEST-READY"
+BENCH_MARKER = "XENFORGE-GUEST-BENCH"
+#: MiB the throughput check writes and reads back inside an HVM guest
+BENCH_MIB = 256
+#: the device model libxl starts for an HVM guest (Debian's qemu-system-xen)
+DEVICE_MODEL = "xen-qemu-system-i386"
 
 
 def _log_size(host: Any, log: str) -> int:
@@ -85,10 +95,54 @@ def _check_boot(host: Any, guest: dict[str, Any], ready: str) -> None:
     if guest.get("kernel_release"):
         assert fields.get("kernel") == guest["kernel_release"], \
             f"guest {name} runs kernel {fields.get('kernel')}, built {guest['kernel_release']}"
+    _check_devices(guest, fields, ready)
     if guest.get("memory"):
         row = host.check_output(f"xl list {name}").splitlines()[-1].split()
         assert abs(int(row[2]) - int(guest["memory"])) <= 2, \
             f"guest {name} has {row[2]} MiB, the recipe asks {guest['memory']} MiB"
+
+
+def _check_devices(guest: dict[str, Any], fields: dict[str, str], ready: str) -> None:
+    """The guest's root disk and NIC are Xen's PV devices (blkfront ``vbd``, netfront
+    ``vif``), except in an HVM guest without PV drivers: emulated disk and e1000, and no
+    Xen frontend bound at all."""
+    name, line = guest["name"], ready.strip()
+    if "root_driver" not in fields:  # a guest image older than the device fields
+        return
+    if guest.get("type") == "hvm" and guest.get("pv_drivers") is False:
+        assert fields.get("root_driver") != "vbd" and not fields.get("root", "").startswith(
+            "xvd"), f"guest {name} (no PV drivers) has its root disk on blkfront: {line}"
+        assert fields.get("nic_driver") == "e1000", \
+            f"guest {name} (no PV drivers) should see the emulated e1000 NIC: {line}"
+        assert fields.get("xen_frontends") == "0", \
+            f"guest {name} (no PV drivers) has Xen frontends bound: {line}"
+        return
+    assert fields.get("root", "").startswith("xvd") and fields.get("root_driver") == "vbd", \
+        f"guest {name}'s root disk is not a Xen PV disk (xvd*, blkfront): {line}"
+    assert fields.get("nic_driver") == "vif", \
+        f"guest {name}'s NIC is not Xen's netfront: {line}"
+
+
+def _device_models(host: Any, name: str) -> list[str]:
+    """dom0's device-model processes of the guest (libxl starts them with ``-name NAME``)."""
+    out = host.run(f"pgrep -a -f {shlex.quote(DEVICE_MODEL)}").stdout
+    return [ln for ln in out.splitlines() if re.search(rf"-name {re.escape(name)}(\s|$)", ln)]
+
+
+def _bench_config(host: Any, guest: dict[str, Any], cfg: str) -> str:
+    """A copy of the guest's config with a scratch disk the guest measures (see the module
+    docstring): emulated (hdb) for a guest without PV drivers, blkfront (xvdb) else."""
+    name = guest["name"]
+    disk, copy = f"/var/tmp/xenforge-bench-{name}.raw", f"/var/tmp/xenforge-bench-{name}.cfg"
+    vdev = "hdb" if guest.get("pv_drivers") is False else "xvdb"
+    script = (f"rm -f {disk} && truncate -s {BENCH_MIB + 2}M {disk} && "
+              f"printf 'XENFORGE-BENCH {BENCH_MIB}\\n' | dd of={disk} conv=notrunc "
+              f"status=none && sed -E 's|^disk = \\[ (.*) \\]$|disk = [ \\1, "
+              f"\"format=raw, vdev={vdev}, access=rw, target={disk}\" ]|' {cfg} > {copy} "
+              f"&& grep -q 'vdev={vdev}' {copy}")
+    made = host.run(f"sh -c {shlex.quote(script)}")
+    assert made.rc == 0, f"cannot write the benchmark config of {name}: {made.stderr}"
+    return copy
 
 
 def _shut_down(host: Any, name: str) -> None:
@@ -109,17 +163,38 @@ def _shut_down(host: Any, name: str) -> None:
         host.run(f"xl destroy {name}")
 
 
-def test_guest_lifecycle(host: Any, guest: dict[str, Any]) -> None:
+def _report_bench(host: Any, guest: dict[str, Any], log: str, offset: int,
+                  record_property: Any) -> None:
+    """The guest's throughput line: printed, and kept in the JUnit report's properties."""
+    out = host.run(f"tail -c +{offset + 1} {shlex.quote(log)} | grep -a -m1 {BENCH_MARKER}")
+    line = out.stdout.strip()
+    assert line, f"guest {guest['name']} printed no {BENCH_MARKER} line for its scratch disk"
+    fields = dict(re.findall(r"(\w+)=(\S+)", line))
+    assert "write_mib_s" in fields and "read_mib_s" in fields, \
+        f"guest {guest['name']}: the disk benchmark failed: {line}"
+    want = "sd" if guest.get("pv_drivers") is False else "vbd"
+    assert fields.get("driver") == want, \
+        f"guest {guest['name']} measured a {fields.get('driver')} disk, expected {want}: {line}"
+    print(f"\n{guest['name']}: {line}")
+    for key in ("driver", "mib", "write_mib_s", "read_mib_s"):
+        record_property(f"bench_{key}", fields.get(key, ""))
+
+
+def test_guest_lifecycle(host: Any, guest: dict[str, Any], record_property: Any) -> None:
     """Two boots of the guest, each checked and shut down cleanly. A guest the recipe
     autostarts was started by dom0's xendomains (all of them at once, while the dom0 suite
     ran): that boot is the first one, and proves the autostart; then ``xl create`` once
     more. Any other guest found running (left by an earlier run) is stopped first and
     created twice. An expectation ``boots: 1`` checks one boot only (the autostarted one,
     else one ``xl create``): ``xenforge test --install`` checks the installed host's guests
-    that way, the main job does the whole life cycle."""
+    that way, the main job does the whole life cycle. An HVM guest's device model must be
+    gone with it, and its second boot measures disk throughput (see the module docstring)."""
     name = guest["name"]
     cfg = guest.get("config", f"/etc/xen/{name}.cfg")
-    log = f"/var/log/xen/console/guest-{name}.log"
+    log = guest.get("console_log", f"/var/log/xen/console/guest-{name}.log")
+    # the device model truncates a serial-port log when it starts the guest
+    truncated = log.endswith("-serial.log")
+    hvm = guest.get("type") == "hvm"
     timeout = int(guest.get("timeout", 600))  # a ceiling: PVH under QEMU TCG is slow
     attempts = ["first", "second"][:max(1, int(guest.get("boots", 2)))]
     if _listed(host, name):
@@ -133,8 +208,37 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any]) -> None:
             if not _gone(host, name, 60):
                 host.run(f"xl destroy {name}")
     for attempt in attempts:
+        # an HVM guest's second boot measures a scratch disk (the point of PV drivers)
+        bench = hvm and attempt == "second"
+        config = _bench_config(host, guest, cfg) if bench else cfg
+        if truncated:
+            host.run(f"rm -f {shlex.quote(log)}")
         offset = _log_size(host, log)
-        created = host.run(f"xl create {shlex.quote(cfg)}")
-        assert created.rc == 0, _create_failed(host, guest, cfg, attempt, created.stderr)
-        _check_boot(host, guest, _wait_ready(host, log, offset, timeout))
+        created = host.run(f"xl create {shlex.quote(config)}")
+        assert created.rc == 0, _create_failed(host, guest, config, attempt, created.stderr)
+        ready = _wait_ready(host, log, offset, timeout)
+        _check_boot(host, guest, ready)
+        if bench:
+            _report_bench(host, guest, log, offset, record_property)
         _shut_down(host, name)
+        if hvm:
+            left = _device_models(host, name)
+            assert not left, f"guest {name} is gone but its device model still runs: {left}"
+
+
+def test_hvm_guest_without_device_model_fails_saying_why(host: Any,
+                                                         hvm_guest: dict[str, Any]) -> None:
+    """An HVM guest whose device model is missing fails ``xl create`` with one line that
+    names it, and leaves no domain behind."""
+    name = hvm_guest["name"]
+    cfg = hvm_guest.get("config", f"/etc/xen/{name}.cfg")
+    missing = "/usr/libexec/xenforge-test-no-such-device-model"
+    broken = f"/var/tmp/xenforge-broken-{name}.cfg"
+    script = (f"sed -e 's|^name = .*|name = \"{name}-broken\"|' {cfg} > {broken} && "
+              f"echo 'device_model_override = \"{missing}\"' >> {broken}")
+    assert host.run(f"sh -c {shlex.quote(script)}").rc == 0
+    created = host.run(f"xl create {broken}")
+    assert created.rc != 0, f"xl create succeeded without a device model:\n{created.stdout}"
+    why = _create_failed(host, hvm_guest, broken, "broken", created.stderr).splitlines()[0]
+    assert missing in why and "not executable" in why, why
+    assert not _listed(host, f"{name}-broken"), f"{name}-broken is left in xl list"

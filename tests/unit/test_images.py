@@ -132,6 +132,52 @@ def test_xl_config(kind: str) -> None:
     assert ("hap = 0" in text) == (kind == "pvh")  # shadow paging is a PVH (HVM) setting
 
 
+def test_xl_config_of_a_pvhvm_guest() -> None:
+    """PV drivers in an HVM guest: the device model, platform PCI on, the kernel booted
+    directly, blkfront's xvda and a netfront-only vif."""
+    text = guest_config(_guest(type="hvm", hap=True), ramdisk=True)
+    assert 'type = "hvm"' in text and 'device_model_version = "qemu-xen"' in text
+    assert 'firmware = "seabios"' in text and "xen_platform_pci = 1" in text
+    assert 'kernel = "/var/lib/xen/images/web/vmlinuz"' in text and "cmdline = " in text
+    assert "vdev=xvda" in text and 'vif = [ "bridge=xenbr0, type=vif" ]' in text
+    assert 'serial = "pty"' in text and "vnc = 0" in text and "hap" not in text
+    assert _guest(type="hvm").console_log == "/var/log/xen/console/guest-web.log"
+
+
+def test_xl_config_of_an_unmodified_hvm_guest() -> None:
+    """No PV drivers: platform PCI off, an emulated IDE disk and e1000, the guest's own
+    bootloader (no kernel line), the serial port logged to a file in dom0."""
+    g = _guest(type="hvm", pv_drivers=False, boot="disk", hap=False)
+    text = guest_config(g, ramdisk=True)
+    assert "xen_platform_pci = 0" in text and "hap = 0" in text
+    assert "kernel = " not in text and "ramdisk" not in text and "cmdline" not in text
+    assert "vdev=hda" in text and "type=ioemu, model=e1000" in text
+    assert g.console_log == "/var/log/xen/console/guest-web-serial.log"
+    assert f'serial = "file:{g.console_log}"' in text
+
+
+def test_plan_host_with_an_unmodified_hvm_guest() -> None:
+    """A guest recipe with ``bootloader: true`` gets its own disk node (the disk stage in
+    guest mode, GRUB for BIOS), which the host's disk takes as the guest's disk."""
+    g = _plan(REPO / "recipes" / "xen-host-hvm.yaml")
+    host = g.nodes["image:xen-host"]
+    assert host.inputs["guests"] == ["image:guest-hvm"]
+    disk = g.nodes["image:guest-hvm"]
+    assert disk.stage == "disk" and disk.export and disk.inputs == {
+        "rootfs": "rootfs:guest-hvm", "guests": []}
+    gopts = DiskOptions.model_validate(disk.options)
+    assert gopts.role == "guest" and gopts.firmware == ("bios",) and gopts.formats == ("raw",)
+    rootfs = g.nodes["rootfs:guest-hvm"]
+    assert not rootfs.export and "repo" not in rootfs.inputs  # Debian's kernel, no xenforge
+    assert "xenforge-boot" in rootfs.options["elements"]
+    assert "linux-image-amd64" in rootfs.options["packages"]
+    (guest,) = DiskOptions.model_validate(host.options).guests
+    assert (guest.type, guest.pv_drivers, guest.boot) == ("hvm", False, "disk")
+    # the dom0 rootfs is the one of every host recipe without an ISO: built once
+    no_room = REPO / "tests" / "recipes" / "e2e" / "xen-host-no-room.yaml"
+    assert g.nodes["rootfs:xen-host"].id == _plan(no_room).nodes["rootfs:xen-host"].id
+
+
 ROOTFS = {"name": "x", "role": "dom0", "release": "bookworm", "mirror": "http://m/debian",
           "security_mirror": "http://m/debian-security", "access_user": "xenforge",
           "bridge": "xenbr0", "hostname": "x"}
@@ -189,7 +235,7 @@ def _plan(recipe: Path) -> Graph:
     return plan(load_recipe(recipe))
 
 
-def test_plan_host_with_two_guests_of_one_guest_disk() -> None:
+def test_plan_host_with_three_guests_of_one_guest_disk() -> None:
     g = _plan(REPO / "recipes" / "xen-host.yaml")
     host = g.nodes["image:xen-host"]
     assert host.stage == "disk"
@@ -197,8 +243,8 @@ def test_plan_host_with_two_guests_of_one_guest_disk() -> None:
     assert rootfs.stage == "rootfs" and rootfs.files == {"elements": data_dir("image_elements")}
     assert not rootfs.export  # the disk is the artifact
     assert g.nodes[rootfs.inputs["repo"]].inputs == {"debs": ["xen-debs", "kernel:dom0"]}
-    # one guest disk (rootfs) for both guests, built once
-    assert host.inputs["guests"] == ["rootfs:guest", "rootfs:guest"]
+    # one guest disk (rootfs) for the three guests, built once
+    assert host.inputs["guests"] == ["rootfs:guest"] * 3
     assert [n for n, node in g.nodes.items() if node.stage == "rootfs"] == \
         ["rootfs:guest", "rootfs:xen-host"]
     guest = g.nodes["rootfs:guest"]
@@ -208,7 +254,10 @@ def test_plan_host_with_two_guests_of_one_guest_disk() -> None:
     assert sum(n.stage == "kernel" for n in g.nodes.values()) == 2
     opts = DiskOptions.model_validate(host.options)
     assert [(x.name, x.type, x.hostname) for x in opts.guests] == [
-        ("guest-pvh", "pvh", "guest-pvh"), ("guest-pv", "pv", "guest-pv")]
+        ("guest-pvh", "pvh", "guest-pvh"), ("guest-pv", "pv", "guest-pv"),
+        ("guest-pvhvm", "hvm", "guest-pvhvm")]
+    pvhvm = opts.guests[2]
+    assert pvhvm.pv_drivers and pvhvm.boot == "kernel" and pvhvm.hap
     assert {x.bridge for x in opts.guests} == {"xenbr0"}
     assert opts.xen_cmdline.startswith("console=com1") and "dom0_mem=" in opts.xen_cmdline
     assert opts.kernel_cmdline.startswith("console=hvc0")

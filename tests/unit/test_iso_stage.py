@@ -36,14 +36,14 @@ def test_the_default_recipe_plans_an_iso_of_the_disks_rootfs() -> None:
     # the disk's command lines and guests, so ISO and disk agree
     assert opts.xen_cmdline == disk.options["xen_cmdline"]
     assert opts.kernel_cmdline == disk.options["kernel_cmdline"]
-    assert [x.name for x in opts.guests] == ["guest-pvh", "guest-pv"]
+    assert [x.name for x in opts.guests] == ["guest-pvh", "guest-pv", "guest-pvhvm"]
     assert opts.label == "XENFORGE" and opts.name == "xen-host"
     assert opts.firmware == ("bios", "uefi") and opts.modes == ("live", "install")
 
 
 def test_no_iso_section_no_iso_node_and_no_live_element(tmp_path: Path) -> None:
     text = HOST.read_text()
-    start, end = text.index("iso:\n"), text.index("# two guests")
+    start, end = text.index("iso:\n"), text.index("# three guests")
     host = _host_variant(tmp_path, text[start:end], "")
     g = _plan(host)
     assert not [n for n in g.nodes if n.startswith("iso:")]

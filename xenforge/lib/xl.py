@@ -1,5 +1,16 @@
-"""xl, Xen's toolstack CLI: the guest settings xenforge knows and the config files it writes
-for guests started with their kernel given directly (PV and PVH)."""
+"""xl, Xen's toolstack CLI: the guest settings xenforge knows and the config files it writes.
+
+Three kinds of guest (``type``):
+
+- ``pv`` and ``pvh``: dom0 hands the guest's kernel (and initramfs) to Xen;
+- ``hvm``: fully virtualised, with a device model (Debian's ``qemu-system-xen``) in dom0 and
+  the guest firmware (SeaBIOS, loaded by ``hvmloader``). With ``pv_drivers`` (PVHVM)
+  the guest kernel unplugs the emulated disk and NIC (``xen_platform_pci = 1``) and uses
+  Xen's blkfront and netfront; without, it sees an IDE disk and an e1000 NIC only
+  (``xen_platform_pci = 0``), as an unmodified operating system would. An HVM guest either
+  boots its own disk's bootloader (``boot = "disk"``) or QEMU boots the kernel directly
+  (``boot = "kernel"``, like PV/PVH).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +23,15 @@ from xenforge.core.model import FrozenModel
 #: xl's tsc_mode of a guest; "native" where the (emulated) CPU has no invariant TSC, e.g.
 #: QEMU TCG, on which Xen's RDTSC(P) emulation fails for PVH guests
 TscMode = Literal["default", "native", "always_emulate", "native_paravirt"]
-GuestType = Literal["pv", "pvh"]
+GuestType = Literal["pv", "pvh", "hvm"]
+#: an HVM guest's firmware (xl's ``firmware``: hvmloader, then Debian's SeaBIOS). Not OVMF:
+#: Xen needs edk2's OvmfXen platform, and Debian's ovmf package ships OvmfPkgX64 only
+HvmFirmware = Literal["seabios"]
 #: where a dom0 image keeps its guests: IMAGES_DIR/<name>/{disk.raw,vmlinuz,initrd.img}
 IMAGES_DIR = "/var/lib/xen/images"
+#: where xenconsoled logs a guest's (PV) console, and where an HVM guest's serial port goes
+CONSOLE_LOG = "/var/log/xen/console/guest-{name}.log"
+SERIAL_LOG = "/var/log/xen/console/guest-{name}-serial.log"
 #: the characters a command line written into a config file may not hold
 UNSAFE_CMDLINE_CHARS = "\"'`$\\"
 
@@ -31,28 +48,70 @@ class Guest(FrozenModel):
     hostname: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$", max_length=63)
     cmdline: str = Field(description="the kernel's command line after root=/dev/xvda ro")
     tsc_mode: TscMode = "default"
-    #: False = shadow paging for PVH guests (QEMU TCG's emulated nested paging triple-faults
-    #: them); ignored by PV guests
+    #: False = shadow paging for PVH/HVM guests; ignored by PV guests
     hap: bool = True
+    #: HVM only: Xen's PV drivers in the guest (PVHVM) or emulated devices only
+    pv_drivers: bool = True
+    firmware: HvmFirmware = "seabios"
+    #: HVM only: "disk" = the guest's own bootloader, "kernel" = direct kernel boot
+    boot: Literal["kernel", "disk"] = "kernel"
+
+    @property
+    def console_log(self) -> str:
+        """The log a booted guest's console lines reach in dom0."""
+        if self.type == "hvm" and self.boot == "disk":
+            return SERIAL_LOG.format(name=self.name)
+        return CONSOLE_LOG.format(name=self.name)
 
 
 def guest_config(g: Guest, *, ramdisk: bool) -> str:
-    """The ``xl`` config of a guest whose kernel (and initramfs) dom0 hands to Xen."""
+    """The ``xl`` config of a guest (see the module docstring)."""
     base = f"{IMAGES_DIR}/{g.name}"
     cmdline = f"root=/dev/xvda ro {g.cmdline} systemd.hostname={g.hostname}".strip()
+    direct = g.type != "hvm" or g.boot == "kernel"
     lines = [
         f"# {g.name}: written by xenforge from the recipe's guests entry",
         f'name = "{g.name}"',
         f'type = "{g.type}"',
-        f'kernel = "{base}/vmlinuz"',
-        *([f'ramdisk = "{base}/initrd.img"'] if ramdisk else []),
-        f'cmdline = "{cmdline}"',
+        *([f'kernel = "{base}/vmlinuz"'] if direct else []),
+        *([f'ramdisk = "{base}/initrd.img"'] if direct and ramdisk else []),
+        *([f'cmdline = "{cmdline}"'] if direct else []),
         f"memory = {g.memory}",
         f"vcpus = {g.vcpus}",
         *([f'tsc_mode = "{g.tsc_mode}"'] if g.tsc_mode != "default" else []),
-        *(["hap = 0"] if g.type == "pvh" and not g.hap else []),
-        f'disk = [ "format=raw, vdev=xvda, access=rw, target={base}/disk.raw" ]',
-        f'vif = [ "bridge={g.bridge}" ]',
+        *(["hap = 0"] if g.type != "pv" and not g.hap else []),
+        *(_hvm(g) if g.type == "hvm" else []),
+        f'disk = [ "{_disk(g, base)}" ]',
+        f'vif = [ "{_vif(g)}" ]',
         'on_crash = "preserve"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def _hvm(g: Guest) -> list[str]:
+    """The device model, firmware and consoles of an HVM guest."""
+    serial = (f'"file:{SERIAL_LOG.format(name=g.name)}"' if g.boot == "disk" else '"pty"')
+    return [
+        'device_model_version = "qemu-xen"',
+        f'firmware = "{g.firmware}"',
+        f"xen_platform_pci = {1 if g.pv_drivers else 0}",
+        # no graphics: the console is the serial port (unmodified) or hvc0 (PVHVM)
+        'vga = "none"',
+        "vnc = 0",
+        f"serial = {serial}",
+    ]
+
+
+def _disk(g: Guest, base: str) -> str:
+    # HVM: the emulated IDE disk is hda; with PV drivers the guest unplugs it and takes the
+    # same disk as xvda from blkfront
+    vdev = "hda" if g.type == "hvm" and not g.pv_drivers else "xvda"
+    return f"format=raw, vdev={vdev}, access=rw, target={base}/disk.raw"
+
+
+def _vif(g: Guest) -> str:
+    if g.type != "hvm":
+        return f"bridge={g.bridge}"
+    if g.pv_drivers:  # netfront only: no emulated NIC to unplug
+        return f"bridge={g.bridge}, type=vif"
+    return f"bridge={g.bridge}, type=ioemu, model=e1000"

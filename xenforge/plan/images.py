@@ -6,18 +6,22 @@ Nodes per image ``NAME``::
     rootfs:NAME     inputs repo = apt-repo:NAME (late: the rootfs builds while it compiles)
                     files  elements = image_elements/
     image:NAME      (dom0 images) the ``disk`` stage: inputs rootfs = rootfs:NAME,
-                    guests = [the rootfs node of each guests[] entry]; options: size,
-                    formats, firmware, the Xen and dom0 command lines, the guests' settings
+                    guests = [the disk node of each guests[] entry]; options: size,
+                    formats, firmware, the Xen and dom0 command lines, the guests' settings;
+                    (guest images with ``bootloader``) the ``disk`` stage in guest mode:
+                    a partitioned disk with GRUB around rootfs:NAME
 
-A guest's disk is its guest recipe's ``rootfs`` node, used directly. Several ``guests:``
-entries may name one guest recipe: it is planned once (its rootfs built once) and each guest
-gets its own copy of the disk in the dom0 image. A guest recipe's nodes that equal the
-host's (the same kernel) are shared; one that differs under a taken name is renamed
-(``NAME-2``).
+A guest's disk is its guest recipe's ``rootfs`` node, used directly (dom0 starts its
+kernel), or that recipe's ``image`` node when the guest boots its own bootloader (HVM).
+Several ``guests:`` entries may name one guest recipe: it is planned once (its rootfs built
+once) and each guest gets its own copy of the disk in the dom0 image. A guest recipe's nodes
+that equal the host's (the same kernel) are shared; one that differs under a taken name is
+renamed (``NAME-2``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +43,23 @@ def plan_images(graph: Graph, loaded: LoadedRecipe, env: BuildEnv,
         img.role == "dom0" for img in r.images.values()) else []
     for key, img in r.images.items():
         rootfs = _rootfs(graph, loaded, env, kernels, key, img)
-        if img.role == "guest":
+        if img.role == "guest" and not img.bootloader:
             finals[key] = rootfs.name
             continue
-        guests = [(g, disk, cmdline) for g, disk, cmdline in guest_disks]
+        if img.role == "guest":  # a bootable guest disk (see the module docstring)
+            disk = graph.add_shared(Node(
+                name=f"image:{key}", stage="disk", env=env,
+                inputs={"rootfs": rootfs.name, "guests": []},
+                options={**disk_options(loaded, key, img, []), "role": "guest",
+                         "formats": ["raw"]},
+                export=True))
+            finals[key] = disk.name
+            continue
         disk = graph.add_shared(Node(
             name=f"image:{key}", stage="disk", env=env,
-            inputs={"rootfs": rootfs.name, "guests": [disk for _, disk, _ in guests]},
+            inputs={"rootfs": rootfs.name, "guests": [gd.node for gd in guest_disks]},
             options=disk_options(loaded, key, img,
-                                 [_guest(g, img, cmdline) for g, _, cmdline in guests])))
+                                 [_guest(gd, img) for gd in guest_disks])))
         finals[key] = disk.name
     return finals
 
@@ -70,7 +82,7 @@ def _rootfs(graph: Graph, loaded: LoadedRecipe, env: BuildEnv, kernels: dict[str
         name=f"rootfs:{key}", stage="rootfs", env=env, inputs=inputs,
         options=rootfs_options(loaded, key, img, env),
         files={"elements": data_dir("image_elements")},
-        export=img.role == "guest"))
+        export=img.role == "guest" and not img.bootloader))
 
 
 def rootfs_options(loaded: LoadedRecipe, key: str, img: ImageSection,
@@ -87,7 +99,7 @@ def rootfs_options(loaded: LoadedRecipe, key: str, img: ImageSection,
         "security_mirror": target.security_mirror or release.security_mirror,
         "elements": [*live, *img.elements], "packages": list(img.packages),
         # a guest's filesystem is its disk; a dom0's grows into the disk the disk stage makes
-        "size": img.size if img.role == "guest" else None,
+        "size": img.size if img.role == "guest" and not img.bootloader else None,
         "access": img.access, "access_user": defaults.ACCESS_USER, "bridge": img.bridge,
         "hostname": key,
     }
@@ -108,18 +120,32 @@ def disk_options(loaded: LoadedRecipe, key: str, img: ImageSection,
     }
 
 
-def _guest(g: GuestSection, host: ImageSection, cmdline: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GuestDisk:
+    """A guests[] entry and what its guest recipe planned: the node whose output is the
+    disk, the kernel command line, whether the disk boots its own bootloader."""
+
+    entry: GuestSection
+    node: str
+    cmdline: str
+    bootloader: bool
+
+
+def _guest(gd: GuestDisk, host: ImageSection) -> dict[str, Any]:
+    g = gd.entry
     return {"name": g.name, "type": g.type, "memory": g.memory, "vcpus": g.vcpus,
             "autostart": g.autostart, "bridge": g.bridge or host.bridge,
-            "hostname": g.hostname or g.name, "cmdline": cmdline,
-            "tsc_mode": g.tsc_mode, "hap": g.hap}
+            "hostname": g.hostname or g.name, "cmdline": gd.cmdline,
+            "tsc_mode": g.tsc_mode, "hap": g.hap,
+            "pv_drivers": True if g.pv_drivers is None else g.pv_drivers,
+            "firmware": g.firmware or "seabios",
+            "boot": "disk" if gd.bootloader else "kernel"}
 
 
-def _plan_guests(graph: Graph, loaded: LoadedRecipe, env: BuildEnv
-                 ) -> list[tuple[GuestSection, str, str]]:
-    """Each guests[] entry with the rootfs node of its disk and its kernel command line;
-    a guest recipe named by several entries is planned once."""
-    planned: dict[Path, tuple[str, str]] = {}
+def _plan_guests(graph: Graph, loaded: LoadedRecipe, env: BuildEnv) -> list[GuestDisk]:
+    """Each guests[] entry with what its guest recipe planned; a guest recipe named by
+    several entries is planned once."""
+    planned: dict[Path, tuple[str, str, bool]] = {}
     out = []
     for g in loaded.recipe.guests:
         sub = loaded.guests.get(g.name)
@@ -127,13 +153,14 @@ def _plan_guests(graph: Graph, loaded: LoadedRecipe, env: BuildEnv
             continue
         if sub.file not in planned:
             planned[sub.file] = _plan_guest_recipe(graph, sub, env)
-        disk, cmdline = planned[sub.file]
-        out.append((g, disk, cmdline))
+        out.append(GuestDisk(g, *planned[sub.file]))
     return out
 
 
-def _plan_guest_recipe(graph: Graph, sub: LoadedRecipe, env: BuildEnv) -> tuple[str, str]:
-    """Plan a guest recipe into the host's graph: (its guest rootfs node, kernel cmdline)."""
+def _plan_guest_recipe(graph: Graph, sub: LoadedRecipe, env: BuildEnv
+                       ) -> tuple[str, str, bool]:
+    """Plan a guest recipe into the host's graph: (the node of its disk, the kernel command
+    line, whether the disk has a bootloader)."""
     env = BuildEnv(epoch=env.epoch, release=sub.recipe.target.release,
                    distribution=sub.recipe.target.distribution)  # the guest's own release
     kernels = plan_kernels(graph, sub, env)
@@ -145,4 +172,4 @@ def _plan_guest_recipe(graph: Graph, sub: LoadedRecipe, env: BuildEnv) -> tuple[
     kernel = sub.recipe.kernels.get(img.kernel) if img.kernel else None
     cmdline = kernel.cmdline if kernel and kernel.cmdline is not None \
         else defaults.GUEST_KERNEL_CMDLINE
-    return finals[key], cmdline
+    return finals[key], cmdline, img.bootloader

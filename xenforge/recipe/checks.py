@@ -11,6 +11,7 @@ from xenforge.recipe.yamlload import Loc, Origins, loc_text
 
 if TYPE_CHECKING:
     from xenforge.recipe.load import LoadedRecipe
+    from xenforge.recipe.model import ImageSection
 
 
 def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
@@ -51,6 +52,9 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
         if img.role == "dom0" and img.kernel is None:
             add(("images", key, "kernel"), "a dom0 image needs a kernel",
                 "set `kernel:` to a key of `kernels`, e.g. dom0")
+        if img.bootloader and img.role != "guest":
+            add(("images", key, "bootloader"), "only a guest image takes `bootloader`",
+                "a dom0 image always has GRUB; drop the field")
         if len(set(img.formats)) != len(img.formats):
             add(("images", key, "formats"), "a format is listed twice", "list each once")
 
@@ -64,6 +68,20 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
         if sub is not None and not any(im.role == "guest" for im in sub.recipe.images.values()):
             add(("guests", i, "recipe"), f"{g.recipe.name} has no image with role: guest",
                 "a guest recipe needs `images: {NAME: {role: guest, kernel: ...}}`")
+        for field in ("pv_drivers", "firmware"):
+            if g.type != "hvm" and getattr(g, field) is not None:
+                add(("guests", i, field), f"`{field}` applies to HVM guests only, this one is "
+                    f"{g.type}", f"drop guests[{i}].{field} or set type: hvm")
+        gimg = _guest_image(sub) if sub is not None else None
+        if gimg is not None and gimg.bootloader and g.type != "hvm":
+            add(("guests", i, "type"), f"{g.recipe.name}'s disk boots with its own bootloader, "
+                f"which a {g.type} guest cannot use", "use type: hvm, or a guest recipe "
+                "without `bootloader` (dom0 starts its kernel)")
+        if gimg is not None and g.type == "hvm" and g.pv_drivers is False and gimg.kernel:
+            add(("guests", i, "pv_drivers"), f"an HVM guest without PV drivers boots its own "
+                f"disk, but {g.recipe.name}'s image starts a xenforge kernel",
+                "name a guest recipe with `bootloader: true` and Debian's kernel "
+                "(e.g. guest-hvm.yaml), or drop pv_drivers: false")
     dom0 = next((im for im in r.images.values() if im.role == "dom0"), None)
     for i, g in enumerate(r.guests):
         if dom0 is not None and g.bridge is not None and g.bridge != dom0.bridge:
@@ -87,3 +105,8 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
         add(("tests", "after_build"), "tests need an image to boot",
             "add an image with role: dom0, or use `xenforge test --host` for a real host")
     return out
+
+
+def _guest_image(sub: LoadedRecipe) -> ImageSection | None:
+    """The guest image of a guest recipe (its first image with role guest)."""
+    return next((im for im in sub.recipe.images.values() if im.role == "guest"), None)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from xenforge import defaults
-from xenforge.lib.xl import TscMode
+from xenforge.lib.xl import GuestType, HvmFirmware, TscMode
 from xenforge.recipe.types import (
     BridgeName,
     CmdLine,
@@ -104,13 +104,24 @@ class ImageSection(Model):
                            "to make)")
     bridge: BridgeName = Field(defaults.BRIDGE, description="dom0: the bridge for guests "
                                "(systemd-networkd; every ethernet port joins it)")
+    bootloader: bool = Field(False, description="guest: a partitioned disk with GRUB that "
+                             "the guest's firmware boots (HVM guests without PV drivers, "
+                             "e.g. with Debian's stock kernel); false = one filesystem, "
+                             "its kernel started by dom0")
 
 
 class GuestSection(Model):
     name: Name
     recipe: FilePath = Field(description="the guest's recipe (its disk), e.g. guest.yaml; "
                              "several guests may share one")
-    type: Literal["pv", "pvh"]
+    type: GuestType = Field(description="pv, pvh or hvm (fully virtualised, with a device "
+                            "model in dom0)")
+    pv_drivers: bool | None = Field(None, description="hvm: Xen's PV drivers (PVHVM: blkfront "
+                                    "and netfront, the default) or none (emulated IDE disk "
+                                    "and e1000 NIC, as an unmodified OS)")
+    firmware: HvmFirmware | None = Field(None, description="hvm: the guest firmware: "
+                                         "seabios (Debian's; OVMF would need edk2's OvmfXen "
+                                         "build, which Debian does not ship)")
     memory: int = Field(512, ge=64, le=65536, description="MiB")
     vcpus: int = Field(1, ge=1, le=64)
     autostart: bool = False
@@ -120,7 +131,7 @@ class GuestSection(Model):
     tsc_mode: TscMode = Field(
         "default", description="xl's tsc_mode; `native` for PVH guests under QEMU's TCG, "
         "whose emulated RDTSCP Xen cannot handle")
-    hap: bool = Field(True, description="hardware-assisted paging for a PVH guest; false = "
+    hap: bool = Field(True, description="hardware-assisted paging for a PVH/HVM guest; false = "
                       "shadow paging, needed under QEMU's TCG (its nested paging triple-faults "
                       "guests)")
 

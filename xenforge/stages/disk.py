@@ -1,10 +1,12 @@
 """The ``disk`` stage: a bootable GPT disk (BIOS and/or UEFI) around a dom0 root filesystem,
 with the machine's settings and its guests - in seconds, without diskimage-builder, root,
-loop devices or mounts.
+loop devices or mounts. With ``role: guest`` the same for a guest root filesystem that
+boots its own GRUB (an HVM guest's disk), without guests of its own.
 
-Inputs: ``rootfs`` (a dom0 ``rootfs`` node) and ``guests`` (a list: for each entry of
-``options.guests``, the guest ``rootfs`` node whose filesystem is its disk; one guest rootfs
-may serve several guests, each gets its own copy).
+Inputs: ``rootfs`` (a ``rootfs`` node of the role) and ``guests`` (a list: for each entry of
+``options.guests``, the guest ``rootfs`` node whose filesystem is its disk, or the guest
+``disk`` node of a guest that boots its own disk; one input may serve several guests, each
+gets its own copy).
 
 Steps:
 
@@ -54,6 +56,7 @@ HEADROOM_MIB, HEADROOM_SHARE = 32, 0.10
 
 class DiskOptions(StageOptions):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    role: Literal["dom0", "guest"] = "dom0"
     size: int = Field(ge=64, description="MiB of the whole disk")
     formats: tuple[Literal["raw", "qcow2"], ...] = Field(min_length=1)
     firmware: tuple[Literal["bios", "uefi"], ...] = Field(min_length=1)
@@ -107,7 +110,7 @@ class DiskStage(Stage):
     def run(self, ctx: StageContext) -> None:
         opts: DiskOptions = ctx.options
         started = time.monotonic()
-        src, info, guests, guest_infos = host_inputs(ctx, len(opts.guests))
+        src, info, guests, guest_infos = host_inputs(ctx, len(opts.guests), role=opts.role)
 
         layout = gptdisk.plan_layout((opts.size - gptdisk.overhead_mib(opts.firmware,
                                                                       opts.esp_size)) * MIB,
@@ -150,6 +153,7 @@ class DiskStage(Stage):
         files = {f.name: {"size": f.stat().st_size, "allocated": _allocated(f)}
                  for f in sorted(ctx.out.iterdir()) if f.suffix in (".raw", ".qcow2")}
         info.update({
+            "disk_file": f"{opts.name}.raw" if "raw" in opts.formats else None,
             "formats": list(opts.formats), "firmware": list(opts.firmware),
             "disk": layout.to_json(), "root_partuuid": root_part.guid,
             "xen_cmdline": opts.xen_cmdline, "kernel_cmdline": opts.kernel_cmdline,
@@ -170,7 +174,7 @@ class DiskStage(Stage):
                     guest_infos: list[dict[str, Any]], partition: int) -> None:
         need = int(info["fs"]["used"])
         for gsrc, ginfo in zip(guests, guest_infos, strict=True):
-            need += _allocated(gsrc / ginfo["fs"]["file"])
+            need += _allocated(gsrc / guest_disk_file(ginfo))
             need += sum(_allocated(gsrc / f) for f in ("vmlinuz", "initrd.img")
                         if (gsrc / f).is_file())
         need = int(need * (1 + HEADROOM_SHARE)) + HEADROOM_MIB * MIB
@@ -191,7 +195,7 @@ class DiskStage(Stage):
         if not root.read(BOOT_SETTINGS, settings) or not root.read(GENERATOR, generator):
             raise StageFailed(ctx.node, f"the root filesystem has no {BOOT_SETTINGS} or "
                               f"{GENERATOR}", log=ctx.log,
-                              hint="a dom0 rootfs needs the xenforge-boot element")
+                              hint="a bootable rootfs needs the xenforge-boot element")
         settings.write_text(set_shell_vars(settings.read_text(), {
             "ROOT_PARTUUID": partuuid, "XEN_CMDLINE": opts.xen_cmdline,
             "KERNEL_CMDLINE": opts.kernel_cmdline, "LINUX_CMDLINE": opts.linux_cmdline,
@@ -204,12 +208,12 @@ class DiskStage(Stage):
         edits.write(boot_vars, BOOT_VARS, replace=True)
 
 
-def host_inputs(ctx: StageContext, n_guests: int
+def host_inputs(ctx: StageContext, n_guests: int, *, role: str = "dom0"
                 ) -> tuple[Path, dict[str, Any], list[Path], list[dict[str, Any]]]:
     """A host's inputs (of the disk and iso stages): the dom0 rootfs and its record, and one
-    guest rootfs with its record per guest of the options."""
+    guest disk (a rootfs or a guest disk node) with its record per guest of the options."""
     src = ctx.input("rootfs")
-    info = read_info(ctx, src, "dom0")
+    info = read_info(ctx, src, role)
     guests = ctx.input_list("guests")
     if len(guests) != n_guests:
         raise ctx.planner_bug(f"{n_guests} guests but {len(guests)} guest inputs")
@@ -226,16 +230,28 @@ def read_info(ctx: StageContext, src: Path, role: str) -> dict[str, Any]:
     return info
 
 
+def guest_disk_file(info: dict[str, Any]) -> str:
+    """The file of a guest input that is the guest's disk: a bootable disk's raw image, or
+    the filesystem of a rootfs whose kernel dom0 starts."""
+    return str(info.get("disk_file") or info["fs"]["file"])
+
+
 def add_guest(ctx: StageContext, g: Guest, src: Path, info: dict[str, Any],
                edits: Edits) -> None:
-    if not (src / "vmlinuz").is_file():
+    own_boot = g.type == "hvm" and g.boot == "disk"
+    if own_boot != bool(info.get("disk_file")):
+        raise ctx.planner_bug(f"guest {g.name} boots {'its disk' if own_boot else 'a kernel'}"
+                              f" but its input {src} is {'not ' if own_boot else ''}a "
+                              "bootable disk")
+    if not own_boot and not (src / "vmlinuz").is_file():
         raise StageFailed(ctx.node, f"guest {g.name}: its rootfs exported no kernel "
                           "(vmlinuz)", log=ctx.log, hint="the guest needs a kernel package")
     home = f"{IMAGES_DIR}/{g.name}"
     edits.mkdir(home)
-    edits.write(src / info["fs"]["file"], f"{home}/disk.raw")
-    edits.write(src / "vmlinuz", f"{home}/vmlinuz")
-    ramdisk = (src / "initrd.img").is_file()
+    edits.write(src / guest_disk_file(info), f"{home}/disk.raw")
+    ramdisk = not own_boot and (src / "initrd.img").is_file()
+    if not own_boot:
+        edits.write(src / "vmlinuz", f"{home}/vmlinuz")
     if ramdisk:
         edits.write(src / "initrd.img", f"{home}/initrd.img")
     cfg = ctx.work / f"{g.name}.cfg"
@@ -250,6 +266,9 @@ def guest_records(guests: tuple[Guest, ...], infos: list[dict[str, Any]]) -> lis
     """What a host's image-info.json says of its guests (the suites' expectations)."""
     return [{"name": g.name, "type": g.type, "memory": g.memory, "vcpus": g.vcpus,
              "autostart": g.autostart, "hostname": g.hostname, "image": gi["name"],
+             "pv_drivers": g.pv_drivers if g.type == "hvm" else None,
+             "boot": g.boot if g.type == "hvm" else "kernel",
+             "console_log": g.console_log,
              "kernel_version": gi.get("kernel_version"),
              "os": (gi.get("os_release") or {}).get("VERSION_CODENAME")}
             for g, gi in zip(guests, infos, strict=True)]

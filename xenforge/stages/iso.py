@@ -45,7 +45,7 @@ from xenforge.lib.ext4 import Edits, Ext4Image
 from xenforge.lib.isoseed import SEED_FILE, SEED_LABEL
 from xenforge.lib.xl import Guest
 from xenforge.stages.base import Stage, StageContext, StageOptions
-from xenforge.stages.disk import add_guest, guest_records, host_inputs
+from xenforge.stages.disk import add_guest, guest_disk_file, guest_records, host_inputs
 
 #: the live boot script the xenforge-live element puts into the initramfs
 LIVE_BOOT = "boot=xenforge-live"
@@ -235,7 +235,7 @@ class IsoStage(Stage):
 
 
 def _guest_bytes(src: Path, info: dict[str, Any]) -> int:
-    files = [src / info["fs"]["file"], src / "vmlinuz", src / "initrd.img"]
+    files = [src / guest_disk_file(info), src / "vmlinuz", src / "initrd.img"]
     return sum(f.stat().st_blocks * 512 for f in files if f.is_file())
 
 

@@ -113,6 +113,8 @@ def expectations(out: Path) -> dict[str, Any]:
         {"name": g["name"], "type": g["type"], "memory": g["memory"],
          "kernel_release": g.get("kernel_version"), "config": f"/etc/xen/{g['name']}.cfg",
          "autostart": bool(g.get("autostart")),
-         **({"os": g["os"]} if g.get("os") else {})}
+         **({"os": g["os"]} if g.get("os") else {}),
+         **({"pv_drivers": g["pv_drivers"]} if g.get("pv_drivers") is not None else {}),
+         **({"console_log": g["console_log"]} if g.get("console_log") else {})}
         for g in info.get("guests", [])]
     return expect
