@@ -152,6 +152,7 @@ def test_xl_config_of_an_unmodified_hvm_guest() -> None:
     assert "xen_platform_pci = 0" in text and "hap = 0" in text
     assert "kernel = " not in text and "ramdisk" not in text and "cmdline" not in text
     assert "vdev=hda" in text and "type=ioemu, model=e1000" in text
+    assert 'hdtype = "ahci"' in text
     assert g.console_log == "/var/log/xen/console/guest-web-serial.log"
     assert f'serial = "file:{g.console_log}"' in text
 
@@ -167,6 +168,7 @@ def test_plan_host_with_an_unmodified_hvm_guest() -> None:
         "rootfs": "rootfs:guest-hvm", "guests": []}
     gopts = DiskOptions.model_validate(disk.options)
     assert gopts.role == "guest" and gopts.firmware == ("bios",) and gopts.formats == ("raw",)
+    assert "quiet" in gopts.linux_cmdline and gopts.grub_timeout == 0
     rootfs = g.nodes["rootfs:guest-hvm"]
     assert not rootfs.export and "repo" not in rootfs.inputs  # Debian's kernel, no xenforge
     assert "xenforge-boot" in rootfs.options["elements"]

@@ -51,7 +51,8 @@ def plan_images(graph: Graph, loaded: LoadedRecipe, env: BuildEnv,
                 name=f"image:{key}", stage="disk", env=env,
                 inputs={"rootfs": rootfs.name, "guests": []},
                 options={**disk_options(loaded, key, img, []), "role": "guest",
-                         "formats": ["raw"]},
+                         "formats": ["raw"], "linux_cmdline": defaults.HVM_GUEST_CMDLINE,
+                         "grub_timeout": defaults.HVM_GUEST_GRUB_TIMEOUT},
                 export=True))
             finals[key] = disk.name
             continue
