@@ -145,9 +145,20 @@ def _bench_config(host: Any, guest: dict[str, Any], cfg: str) -> str:
     return copy
 
 
-def _shut_down(host: Any, name: str) -> None:
-    """``xl shutdown`` and see the domain go (a clean stop, not a destroy)."""
-    stopped = host.run(f"timeout 180 xl shutdown -w {name}")
+def _shutdown_reasons(host: Any, name: str) -> list[int]:
+    """The reason codes of the guest's shutdowns since its ``xl create``, from the log of
+    xl's daemon for it (rotated by each create; ``Domain N has shut down, reason code R``):
+    0 power off, 1 reboot (a triple fault is one), 3 crash."""
+    out = host.run(f"grep -a -o 'has shut down, reason code [0-9]*' "
+                   f"/var/log/xen/xl-{shlex.quote(name)}.log").stdout
+    return [int(m) for m in re.findall(r"reason code (\d+)", out)]
+
+
+def _shut_down(host: Any, name: str, *, acpi: bool = False) -> None:
+    """``xl shutdown`` and see the domain go (a clean stop, not a destroy). ``acpi``: an HVM
+    guest, which may have no PV control interface (``-F``: then an ACPI power button)."""
+    fallback = "-F " if acpi else ""
+    stopped = host.run(f"timeout 180 xl shutdown {fallback}-w {name}")
     if stopped.rc != 0:
         host.run(f"xl destroy {name}")
         raise AssertionError(f"guest {name} did not shut down cleanly within 180s "
@@ -155,6 +166,12 @@ def _shut_down(host: Any, name: str) -> None:
     # `xl shutdown -w` returns at the shutdown; the domain is gone once xl's daemon for it
     # has destroyed it, a moment later (seconds under emulation). A domain left in the
     # shutdown state ("s") has stopped cleanly: only its record remains to be removed.
+    reasons = _shutdown_reasons(host, name)
+    if any(reasons):
+        crash = host.run("xl dmesg | grep -a -i -E 'triple fault|crash' | tail -n 3").stdout
+        host.run(f"xl destroy {name}")
+        raise AssertionError(f"guest {name} did not simply power off: Xen's shutdown reason "
+                             f"codes {reasons} (1 = reboot, 3 = crash); Xen said:\n{crash}")
     if not _gone(host, name, 60):
         listing = host.run(f"xl list {name}").stdout
         state = listing.splitlines()[-1].split()[4] if listing.strip() else ""
@@ -201,10 +218,10 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any], record_property: Any)
         booting = _banner_offset(host, log) if guest.get("autostart") else None
         if booting is not None:
             _check_boot(host, guest, _wait_ready(host, log, booting, timeout))
-            _shut_down(host, name)
+            _shut_down(host, name, acpi=hvm)
             attempts = attempts[1:]
         else:
-            host.run(f"timeout 120 xl shutdown -w {name} || xl destroy {name}")
+            host.run(f"timeout 120 xl shutdown -F -w {name} || xl destroy {name}")
             if not _gone(host, name, 60):
                 host.run(f"xl destroy {name}")
     for attempt in attempts:
@@ -220,7 +237,7 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any], record_property: Any)
         _check_boot(host, guest, ready)
         if bench:
             _report_bench(host, guest, log, offset, record_property)
-        _shut_down(host, name)
+        _shut_down(host, name, acpi=hvm)
         if hvm:
             left = _device_models(host, name)
             assert not left, f"guest {name} is gone but its device model still runs: {left}"
