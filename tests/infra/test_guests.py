@@ -259,3 +259,20 @@ def test_hvm_guest_without_device_model_fails_saying_why(host: Any,
     why = _create_failed(host, hvm_guest, broken, "broken", created.stderr).splitlines()[0]
     assert missing in why and "not executable" in why, why
     assert not _listed(host, f"{name}-broken"), f"{name}-broken is left in xl list"
+
+
+def test_hvm_device_model_runs_on_the_built_libraries(host: Any,
+                                                      hvm_guest: dict[str, Any]) -> None:
+    """Debian's device model is installed and loads xenforge's Xen libraries (whose package
+    provides the libxen* names it depends on), not Debian's; hvmloader is the built one."""
+    path = f"/usr/libexec/{DEVICE_MODEL}"
+    assert host.file(path).is_file, f"no device model {path} (Debian's qemu-system-xen)"
+    libs = re.findall(r"=> (/\S*libxen\S+)", host.check_output(f"ldd {path}"))
+    assert libs, f"{path} links no Xen library"
+    for lib in libs:
+        owner = host.run(f"dpkg -S {shlex.quote(host.file(lib).linked_to or lib)}")
+        assert owner.stdout.startswith("xenforge-xen-utils:"), \
+            f"{lib} of the device model comes from {owner.stdout.strip() or 'no package'}"
+    owner = host.run("dpkg -S /usr/lib/xen/boot/hvmloader").stdout
+    assert owner.startswith("xenforge-xen-utils:"), f"hvmloader: {owner.strip()}"
+    assert host.file("/usr/share/seabios/bios-256k.bin").is_file, "no SeaBIOS for HVM guests"

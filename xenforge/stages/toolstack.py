@@ -24,8 +24,10 @@ from xenforge.core.files import write_json_atomic
 from xenforge.stages.base import Stage, StageContext, StageOptions
 from xenforge.stages.xen_common import build_env, check_version, private_copy, xen_tree
 
-#: what a working dom0 toolstack must contain (checked after the build)
-REQUIRED = ("usr/sbin/xl", "usr/sbin/xenstored", "usr/sbin/xenconsoled")
+#: what a working dom0 toolstack must contain (checked after the build); hvmloader is the
+#: firmware loader of HVM guests (libxl hands it Debian's SeaBIOS at run time)
+REQUIRED = ("usr/sbin/xl", "usr/sbin/xenstored", "usr/sbin/xenconsoled",
+            "usr/lib/xen/boot/hvmloader")
 
 #: configure switches that would make the build fetch code from the internet
 DOWNLOADS = ("--enable-stubdom", "--enable-qemu-traditional", "--enable-githttp",
