@@ -259,7 +259,7 @@ def test_plan_host_with_three_guests_of_one_guest_disk() -> None:
         ("guest-pvh", "pvh", "guest-pvh"), ("guest-pv", "pv", "guest-pv"),
         ("guest-pvhvm", "hvm", "guest-pvhvm")]
     pvhvm = opts.guests[2]
-    assert pvhvm.pv_drivers and pvhvm.boot == "kernel" and pvhvm.hap
+    assert pvhvm.pv_drivers and pvhvm.boot == "kernel" and not pvhvm.hap  # shadow: TCG
     assert {x.bridge for x in opts.guests} == {"xenbr0"}
     assert opts.xen_cmdline.startswith("console=com1") and "dom0_mem=" in opts.xen_cmdline
     assert opts.kernel_cmdline.startswith("console=hvc0")
