@@ -97,10 +97,12 @@ def test_dom0_image(built: dict[str, xb.Built]) -> None:
     assert (out / "xen-host.raw").is_file() and (out / "xen-host.qcow2").is_file()
     assert (out / "access_key").stat().st_mode & 0o077 == 0
     assert [(g["name"], g["type"], g["image"]) for g in info["guests"]] == [
-        ("guest-pvh", "pvh", "guest"), ("guest-pv", "pv", "guest")]
+        ("guest-pvh", "pvh", "guest"), ("guest-pv", "pv", "guest"),
+        ("guest-pvhvm", "hvm", "guest")]
     root = next(p for p in info["disk"]["partitions"] if p["name"] == "root")
     fs = f"{out / 'xen-host.raw'}?offset={root['start']}"
-    for g in ("guest-pvh", "guest-pv"):
+    assert 'device_model_version = "qemu-xen"' in _cat(fs, "/etc/xen/guest-pvhvm.cfg")
+    for g in ("guest-pvh", "guest-pv", "guest-pvhvm"):
         assert f"systemd.hostname={g}" in _cat(fs, f"/etc/xen/{g}.cfg")
         assert "disk.raw" in _ls(fs, f"/var/lib/xen/images/{g}")
     assert "dom0_mem=" in _cat(fs, "/boot/grub/xenforge-boot.cfg")

@@ -72,7 +72,7 @@ def test_the_iso_is_a_hybrid_of_the_dom0_rootfs(built: dict[str, xb.Built]) -> N
     for f in ("boot/xen.gz", "boot/vmlinuz", "boot/initrd.img", "live/filesystem.squashfs",
               "xenforge/install.conf", "boot/grub/grub.cfg"):
         assert f in files, f
-    assert [g["name"] for g in info["guests"]] == ["guest-pvh", "guest-pv"]
+    assert [g["name"] for g in info["guests"]] == ["guest-pvh", "guest-pv", "guest-pvhvm"]
     print(f"ISO {iso.name}: {iso.stat().st_size >> 20} MiB, system "
           f"{info['iso']['system_bytes'] >> 20} MiB, squashfs "
           f"{info['iso']['squashfs_bytes'] >> 20} MiB, built in {info['seconds']['iso']}s")
