@@ -31,8 +31,11 @@ def _log_size(host: Any, log: str) -> int:
 
 
 def _wait_ready(host: Any, log: str, offset: int, timeout: int) -> str:
-    q = shlex.quote(log)
-    script = (f"until tail -c +{offset + 1} {q} 2>/dev/null | grep -a -m1 {MARKER}; "
+    q, start = shlex.quote(log), offset + 1
+    # complete lines only: a slow console (an emulated UART) is read while the guest is
+    # still writing the ready line
+    script = (f"until n=$(tail -c +{start} {q} 2>/dev/null | tr -cd '\\n' | wc -c) && "
+              f"tail -c +{start} {q} | head -n \"$n\" | grep -a -m1 {MARKER}; "
               "do sleep 2; done")
     out = host.run(f"timeout {timeout} sh -c {shlex.quote(script)}")
     if out.rc != 0:
