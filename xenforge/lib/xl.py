@@ -90,7 +90,7 @@ def guest_config(g: Guest, *, ramdisk: bool) -> str:
 
 def _hvm(g: Guest) -> list[str]:
     """The device model, firmware and consoles of an HVM guest."""
-    serial = (f'"file:{SERIAL_LOG.format(name=g.name)}"' if g.boot == "disk" else '"pty"')
+    serial = f'"file:{g.console_log}"' if g.boot == "disk" else '"pty"'
     return [
         'device_model_version = "qemu-xen"',
         f'firmware = "{g.firmware}"',
