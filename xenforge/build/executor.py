@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from xenforge.cache import Cache
+from xenforge.cache.remote import RemoteCache, RemoteError
 from xenforge.core import run as runner
 from xenforge.core.errors import CommandFailed, InputError, StageFailed, XenforgeError
 from xenforge.core.files import note
@@ -64,15 +65,25 @@ class InputFailed(StageFailed):
 
 class Executor:
     def __init__(self, graph: Graph, cache: Cache, progress: Reporter, *,
-                 jobs: int | None = None, logs_dir: Path | None = None) -> None:
+                 jobs: int | None = None, logs_dir: Path | None = None,
+                 remote: RemoteCache | None = None, push: set[str] | None = None,
+                 fetched: dict[str, str] | None = None) -> None:
+        """``remote``: every node built is uploaded there (unless it is read-only), and the
+        cached nodes named in ``push``; ``fetched``: how nodes came from it (for the
+        report). See :func:`xenforge.build.resolve.resolve`."""
         self.graph = graph
         self.cache = cache
+        self.remote = remote if remote is not None and remote.writable else None
+        self.push = push or set()
+        self.fetched = fetched or {}
         self.progress = progress
         self.jobs = jobs or os.cpu_count() or 2
         self.logs_dir = logs_dir or cache.state.logs(graph.recipe)
         self.results: dict[str, NodeResult] = {}
         self._done = {name: threading.Event() for name in graph.nodes}
         self._lock = threading.Lock()
+        self._upload_pool = cf.ThreadPoolExecutor(max_workers=2)
+        self._uploads: list[cf.Future[None]] = []
 
     def log_path(self, node: Node) -> Path:
         return self.logs_dir / f"{node.name.replace(':', '-').replace('/', '_')}.log"
@@ -105,8 +116,13 @@ class Executor:
                 runner.kill_all()
                 self._skip(pending)
                 cf.wait(running)
+                self._upload_pool.shutdown(wait=True, cancel_futures=True)
                 raise
         self._skip(pending)
+        busy = sum(not f.done() for f in self._uploads)
+        if busy:
+            self.progress.line(f"waiting for {busy} upload(s) to the remote cache")
+        self._upload_pool.shutdown(wait=True)
         return self.results
 
     def _skip(self, pending: dict[str, Node]) -> None:
@@ -122,6 +138,8 @@ class Executor:
         return result
 
     def _ready(self, node: Node) -> bool:
+        if self.cache.has(node.id):  # a cached node needs nothing (its inputs may be absent)
+            return True
         late = set(get_stage(node.stage).late_inputs)
         for label, ref in node.inputs.items():
             if label in late:
@@ -167,7 +185,10 @@ class Executor:
     def _run_node(self, node: Node) -> NodeResult:
         try:
             if self.cache.has(node.id) and not self.cache.verified(node.id):
-                return self._record(self._cached(node))
+                result = self._record(self._cached(node, self.fetched.get(node.name, "")))
+                if node.name in self.push:
+                    self._share(node)
+                return result
             with self.cache.lock(node.id):
                 if self.cache.has(node.id):  # another build made it while we waited?
                     problems = self.cache.verified(node.id)
@@ -177,11 +198,34 @@ class Executor:
                     self.progress.line(f"corrupt {node.name}  {node.id[:12]}: "
                                        f"{problems[0]}; rebuilding it")
                     self.cache.discard(node.id)
-                return self._record(self._build(node))
+                result = self._record(self._build(node))
+            if result.status == "built":
+                self._share(node)
+            return result
         except BaseException:
             self._record(NodeResult(node.name, node.id, "failed",
                                     error=StageFailed(node.name, "interrupted")))
             raise
+
+    def _share(self, node: Node) -> None:
+        """Upload in the background: the nodes that consume this one need not wait."""
+        if self.remote is not None:
+            with self._lock:
+                self._uploads.append(self._upload_pool.submit(self._upload, node))
+
+    def _upload(self, node: Node) -> None:
+        """Share a node's object through the remote cache; a failed upload is reported and
+        the build goes on (the object is complete here)."""
+        if self.remote is None:
+            return
+        try:
+            took = self.remote.push(node.id, self.cache.store)
+        except (RemoteError, OSError) as exc:
+            text = exc.render() if isinstance(exc, RemoteError) else str(exc)
+            self.progress.line(f"upload of {node.name} to the remote cache failed: {text}")
+            return
+        self.progress.line(f"uploaded {node.name}  {node.id[:12]}: "
+                           f"{took.describe('sent')}")
 
     def _cached(self, node: Node, detail: str = "") -> NodeResult:
         self.cache.touch(node.id)

@@ -98,32 +98,7 @@ class LocalStore(Store):
         records = manifest.get("files")
         if not isinstance(records, dict):
             return []  # an object of an older xenforge: nothing to compare with
-        out = self.out(node_id)
-        problems = []
-        present = {rel for rel, _ in _walk(out)}
-        for rel, rec in records.items():
-            if not isinstance(rec, dict):
-                problems.append(f"{rel}: bad record")
-                continue
-            path = out / rel
-            if "link" in rec:
-                if not path.is_symlink() or os.readlink(path) != rec["link"]:
-                    problems.append(f"{rel}: the symlink changed")
-                continue
-            try:
-                st = path.lstat()
-            except OSError:
-                problems.append(f"{rel}: missing")
-                continue
-            if st.st_size != rec.get("size"):
-                problems.append(f"{rel}: {st.st_size} bytes, not {rec.get('size')}")
-            elif (full or st.st_mtime_ns != rec.get("mtime_ns")) and \
-                    sha256_file(path) != rec.get("sha256"):
-                problems.append(f"{rel}: its content changed (sha256)")
-        extra = sorted(present - set(records))
-        if extra:
-            problems.append(f"{extra[0]}: not in the manifest")
-        return problems
+        return verify_files(self.out(node_id), records, full=full)
 
     def out(self, node_id: str) -> Path:
         return self.object_dir(node_id) / "out"
@@ -142,14 +117,10 @@ class LocalStore(Store):
         """Write the manifest and move ``staging`` into the store atomically. The outputs
         reach the disk before the manifest does, and the rename before this returns, so
         not even a power loss leaves a manifest over empty files."""
-        manifest = {**manifest, "files": file_records(staging / "out")}
-        _syncfs(staging)
-        mf = staging / "manifest.json"
-        with open(mf.with_suffix(".tmp"), "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(mf.with_suffix(".tmp"), mf)
+        return self.adopt(node_id, staging, {**manifest, "files": file_records(staging / "out")})
+
+    def _place(self, node_id: str, staging: Path) -> Path:
+        """Move a complete staging dir (manifest written) into the store."""
         target = self.object_dir(node_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.has(node_id):  # another process committed it meanwhile: keep theirs
@@ -162,6 +133,19 @@ class LocalStore(Store):
         os.rename(staging, target)
         _fsync_dir(target.parent)
         return target
+
+    def adopt(self, node_id: str, staging: Path, manifest: dict[str, Any]) -> Path:
+        """Store ``staging`` as the object ``node_id`` with ``manifest`` as it is (its
+        ``files`` already describe ``out/``: :meth:`commit`'s, or a remote object's that the
+        caller verified), atomically."""
+        _syncfs(staging)
+        mf = staging / "manifest.json"
+        with open(mf.with_suffix(".tmp"), "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(mf.with_suffix(".tmp"), mf)
+        return self._place(node_id, staging)
 
     def entries(self) -> list[Entry]:
         """Every object, least recently used first."""
@@ -200,6 +184,37 @@ def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 yield os.path.relpath(path, root), st
+
+
+def verify_files(out: Path, records: dict[str, Any], *, full: bool = False) -> list[str]:
+    """What is wrong with the files below ``out`` compared with their manifest ``records``
+    ([]: nothing): missing, resized, changed (sha256; only when size or mtime differ unless
+    ``full``), a changed symlink, a file the manifest does not list."""
+    problems = []
+    present = {rel for rel, _ in _walk(out)}
+    for rel, rec in records.items():
+        if not isinstance(rec, dict):
+            problems.append(f"{rel}: bad record")
+            continue
+        path = out / rel
+        if "link" in rec:
+            if not path.is_symlink() or os.readlink(path) != rec["link"]:
+                problems.append(f"{rel}: the symlink changed")
+            continue
+        try:
+            st = path.lstat()
+        except OSError:
+            problems.append(f"{rel}: missing")
+            continue
+        if st.st_size != rec.get("size"):
+            problems.append(f"{rel}: {st.st_size} bytes, not {rec.get('size')}")
+        elif (full or st.st_mtime_ns != rec.get("mtime_ns")) and \
+                sha256_file(path) != rec.get("sha256"):
+            problems.append(f"{rel}: its content changed (sha256)")
+    extra = sorted(present - set(records))
+    if extra:
+        problems.append(f"{extra[0]}: not in the manifest")
+    return problems
 
 
 def file_records(out: Path) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ from types import FrameType
 from xenforge import __version__
 from xenforge.cli.build import cmd_build, cmd_plan, cmd_recipes, cmd_schema, cmd_validate
 from xenforge.cli.cache_cmd import cmd_cache
-from xenforge.cli.common import days, positive_int
+from xenforge.cli.common import add_remote_options, days, positive_int
 from xenforge.cli.machines import cmd_boot, cmd_ssh, cmd_test
 from xenforge.core.errors import XenforgeError
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", parents=[common], help="show the build graph and what is cached")
     pl.add_argument("recipe", metavar="RECIPE")
     pl.add_argument("--json", action="store_true", help="machine-readable graph")
+    add_remote_options(pl)
     pl.set_defaults(func=cmd_plan)
 
     b = sub.add_parser(
@@ -94,25 +95,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then boot the result and run the test suites (xenforge test)",
     )
+    add_remote_options(b)
     b.set_defaults(func=cmd_build)
 
     t = sub.add_parser(
         "test",
         parents=[common],
-        help="boot the recipe's dom0 image (or use --host) and run the suites",
+        help="boot the recipe's dom0 image (or use --host, --inventory) and run the suites",
     )
     t.add_argument("recipe", metavar="RECIPE")
-    t.add_argument(
+    where = t.add_mutually_exclusive_group()
+    where.add_argument(
         "--host",
         metavar="URL",
         help="test this machine instead of booting one (ssh://root@HOST[:PORT], paramiko://...)",
     )
-    t.add_argument("--identity", metavar="KEY", help="SSH private key for --host")
+    where.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="test every host of this Ansible inventory (INI or YAML) instead of booting one, "
+        "in parallel; one JUnit XML file with a testsuite per host",
+    )
+    t.add_argument("--limit", action="append", metavar="GROUP",
+                   help="with --inventory: only the hosts of this group (or this host; "
+                   "repeatable)")
+    t.add_argument("-j", "--jobs", type=positive_int, default=None,
+                   help="with --inventory: hosts tested at once (default: up to 4)")
+    t.add_argument("--identity", metavar="KEY",
+                   help="SSH private key for --host; with --inventory, for the hosts that "
+                   "have no ansible_ssh_private_key_file")
     t.add_argument(
         "--known-hosts",
         metavar="FILE",
-        help="host keys for --host (default: yours); a host not in FILE yet is trusted on "
-        "first use and added",
+        help="host keys for --host or every --inventory host (default: yours); a host not in "
+        "FILE yet is trusted on first use and added",
     )
     t.add_argument("--firmware", choices=["bios", "uefi"], help="boot firmware")
     medium = t.add_mutually_exclusive_group()

@@ -9,7 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
-from xenforge.cli.common import cache_of, recipe_path, shipped_recipes
+from xenforge.cli.common import cache_of, recipe_path, remote_of, shipped_recipes
 from xenforge.cli.progress import JsonProgress, Progress
 from xenforge.plan.graph import Graph
 from xenforge.recipe.load import LoadedRecipe
@@ -67,24 +67,33 @@ def _loaded(arg: str) -> LoadedRecipe:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from xenforge.build.resolve import local_nodes, remote_nodes, states
+    from xenforge.plan import plan
     from xenforge.plan.graph import explain_change
 
-    graph = plan_of(args)
+    loaded = _loaded(args.recipe)
+    graph = plan(loaded)
     cache = cache_of(args)
+    remote = remote_of(args, loaded, cache, cache.state.logs(graph.recipe) / "remote.log")
+    state = states(graph, local_nodes(graph, cache), remote_nodes(graph, remote))
     if args.json:
         data = graph.to_json()
         for n in data["nodes"]:
-            n["cached"] = cache.has(n["id"])
+            n["cached"] = state[n["name"]] == "local"
+            n["state"] = state[n["name"]]
         print(json.dumps(data, indent=2))
         return 0
-    print(f"recipe {graph.recipe}: {len(graph.nodes)} nodes")
+    where = f", remote cache {remote.url}" if remote else ""
+    counts = {s: list(state.values()).count(s) for s in ("local", "remote", "build")}
+    print(f"recipe {graph.recipe}: {len(graph.nodes)} nodes ({counts['local']} cached, "
+          f"{counts['remote']} remote, {counts['build']} to build){where}")
     for node in graph.nodes.values():
-        if cache.has(node.id):
-            state = "cached"
-        else:
-            state = "build: " + explain_change(node, cache.read_ref(graph.recipe, node.name))
+        shown = {"local": "cached", "remote": "remote (fetched, not built)",
+                 "unneeded": "not needed (what uses it is cached)"}.get(state[node.name])
+        if shown is None:
+            shown = "build: " + explain_change(node, cache.read_ref(graph.recipe, node.name))
         deps = ", ".join(node.deps())
-        print(f"  {node.name:<22} {node.id[:12]}  {state}" + (f"  <- {deps}" if deps else ""))
+        print(f"  {node.name:<22} {node.id[:12]}  {shown}" + (f"  <- {deps}" if deps else ""))
     return 0
 
 
@@ -98,8 +107,10 @@ def _progress(args: argparse.Namespace, logfile: Path) -> Progress:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from xenforge.build.executor import Executor
+    from xenforge.build.resolve import resolve
     from xenforge.core.errors import InputError
-    from xenforge.export.artifacts import check_destination, export, human_size
+    from xenforge.core.units import human_size
+    from xenforge.export.artifacts import check_destination, export
     from xenforge.plan import plan_many
     from xenforge.recipe.model import TestsSection
 
@@ -115,10 +126,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         check_destination(Path(args.out) / loaded.name)
     cache = cache_of(args)
     logs = cache.state.logs(graph.recipe)
+    remote = remote_of(args, loadeds[0], cache, logs / "remote.log")
     progress = _progress(args, logs / "build.log")
-    progress.line(f"build {graph.recipe}: {len(graph.nodes)} nodes, cache {cache.root}")
+    progress.line(f"build {graph.recipe}: {len(graph.nodes)} nodes, cache {cache.root}"
+                  + (f", remote cache {remote.url}" + (" (read-only)" if not remote.writable
+                                                        else "") if remote else ""))
     with progress:
-        results = Executor(graph, cache, progress, jobs=args.jobs, logs_dir=logs).run()
+        todo = resolve(graph, cache, remote, progress)
+        results = Executor(todo.graph, cache, progress, jobs=args.jobs, logs_dir=logs,
+                           remote=remote, push=todo.push, fetched=todo.fetched).run()
     failed = [r for r in results.values() if r.status == "failed"]
     if failed:
         for r in failed:
@@ -139,12 +155,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.progress == "quiet"
     if not quiet and not isinstance(progress, JsonProgress):
         overlap = f", {node_time / wall:.2f}x parallel" if built and wall > 1 else ""
-        print(f"\n{graph.recipe}: {len(built)} built, {len(results) - len(built)} cached, "
-              f"{wall:.1f}s wall, {node_time:.1f}s of node time{overlap}")
+        fetched = f" ({len(todo.fetched)} fetched from the remote)" if todo.fetched else ""
+        print(f"\n{graph.recipe}: {len(built)} built, {len(results) - len(built)} cached"
+              f"{fetched}, {wall:.1f}s wall, {node_time:.1f}s of node time{overlap}")
     outs = []
     for loaded in loadeds:  # each recipe's artifacts in its own folder
         view = graph.view(loaded.name) if len(loadeds) > 1 else graph
-        own_results = {own: results[name] for name in graph.nodes
+        own_results = {own: results[name] for name in graph.nodes if name in results
                        for recipe, own in graph.origins_of(name) if recipe == loaded.name}
         out_dir = Path(args.out) / loaded.name
         artifacts = export(view, own_results, cache, out_dir)
@@ -159,7 +176,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                 print(f"  {a.path.as_posix():<48} {human_size(a.size):>10}  {a.sha256}")
     if isinstance(progress, JsonProgress):
         progress.emit("summary", recipe=graph.recipe, ok=True, built=len(built),
-                      cached=len(results) - len(built), wall=round(wall, 1),
+                      cached=len(results) - len(built), fetched=sorted(todo.fetched),
+                      damaged_remote=todo.damaged, wall=round(wall, 1),
                       node_seconds=round(node_time, 1), out=[str(o) for o in outs])
     tests = loadeds[0].recipe.tests
     if args.test or (len(loadeds) == 1 and tests is not None and tests.after_build

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from xenforge.cli.common import cache_of, parse_size
-from xenforge.export.artifacts import human_size
+from xenforge.core.units import human_size
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xenforge.cache import Cache
+from xenforge.cache.remote import RemoteCache, RemoteSettings
 from xenforge.core.data import data_dir
 from xenforge.core.errors import InputError
+from xenforge.recipe.load import LoadedRecipe
 
 
 def shipped_recipes() -> list[Path]:
@@ -36,6 +38,32 @@ def cache_of(args: argparse.Namespace) -> Cache:
     if getattr(args, "cache_dir", None) == "":
         raise InputError("--cache-dir is empty", hint="give a directory, or leave the option out")
     return Cache(Path(args.cache_dir) if args.cache_dir else None)
+
+
+def add_remote_options(parser: argparse.ArgumentParser) -> None:
+    """``--remote-cache URL``, ``--remote-cache-read-only``, ``--no-remote-cache``."""
+    parser.add_argument("--remote-cache", metavar="URL", default=None,
+                        help="a shared cache over HTTP (default: $XENFORGE_REMOTE_CACHE, then "
+                        "the recipe's cache.remote); credentials from ~/.netrc or "
+                        "$XENFORGE_REMOTE_CACHE_USER/_PASSWORD (or _TOKEN)")
+    parser.add_argument("--remote-cache-read-only", action="store_true",
+                        help="fetch from the remote cache, never upload (untrusted jobs: "
+                        "forks, merge requests); also $XENFORGE_REMOTE_CACHE_READ_ONLY=1")
+    parser.add_argument("--no-remote-cache", action="store_true",
+                        help="ignore every remote cache setting")
+
+
+def remote_of(args: argparse.Namespace, loaded: LoadedRecipe, cache: Cache,
+              log: Path) -> RemoteCache | None:
+    """The remote cache the command line, the environment or the recipe asks for."""
+    section = loaded.recipe.cache
+    settings = RemoteSettings.choose(
+        cli_url=args.remote_cache, cli_read_only=args.remote_cache_read_only,
+        disabled=args.no_remote_cache, recipe_url=section.remote if section else None,
+        recipe_read_only=section.read_only if section else False)
+    if settings is None:
+        return None
+    return RemoteCache(settings, tmp_dir=cache.tmp_dir, log=log)
 
 
 def parse_size(text: str, option: str = "--max-size") -> int:

@@ -43,6 +43,13 @@ def cmd_test(args: argparse.Namespace) -> int:
         return 0
     junit = Path(args.junit) if args.junit else out / "test-results" / "junit.xml"
     cache = cache_of(args)
+    if args.inventory is not None:
+        return test_inventory(args, loaded.name, settings, out, junit,
+                              cache.state.logs(loaded.name) / "fleet")
+    for option, value in (("--limit", args.limit), ("-j/--jobs", args.jobs)):
+        if value is not None:
+            raise InputError(f"{option} applies to --inventory only",
+                             hint=f"add --inventory FILE, or leave {option} out")
     if args.host is not None:
         if not args.host:
             raise InputError("--host is empty", hint="give ssh://root@HOST[:PORT]")
@@ -54,6 +61,45 @@ def cmd_test(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet, plain=True)
     return report(test_built(out, cache=cache, progress=progress, settings=settings,
                              firmware=args.firmware, junit=junit, medium=args.medium))
+
+
+def test_inventory(args: argparse.Namespace, name: str, settings: TestsSection, out: Path,
+                   junit: Path, logs: Path) -> int:
+    """``xenforge test --inventory FILE``: every host of the inventory, a table, one JUnit."""
+    from xenforge.verify.fleet import HostResult, run_fleet
+    from xenforge.verify.inventory import load_inventory
+    from xenforge.verify.targets import suite_expectations
+
+    if not args.inventory:
+        raise InputError("--inventory is empty", hint="give an Ansible inventory file")
+    booting = [option for option, given in (("--firmware", args.firmware is not None),
+                                            ("--iso", args.medium == "iso"),
+                                            ("--install", args.medium == "install")) if given]
+    if booting:
+        raise InputError(f"{booting[0]} is for a VM xenforge boots; --inventory tests "
+                         "existing hosts", hint=f"leave {booting[0]} out")
+    hosts = load_inventory(Path(args.inventory), limit=args.limit or ())
+    identity = Path(args.identity).expanduser() if args.identity else None
+    if identity is not None and not identity.is_file():
+        raise InputError(f"--identity {args.identity}: key file not found",
+                         hint="give the SSH private key of the hosts, or leave --identity "
+                         "out (each host's ansible_ssh_private_key_file, else your keys)")
+
+    def done(r: HostResult) -> None:
+        if not args.quiet:
+            print(f"{r.status:<11} {r.host.name} ({r.host.address}:{r.host.port}): "
+                  f"{r.outcome.tests} checks, {len(r.outcome.failures)} failed", flush=True)
+
+    if not args.quiet:
+        print(f"testing {len(hosts)} hosts of {args.inventory} ({name}); logs: {logs}",
+              flush=True)
+    result = run_fleet(hosts, expect=suite_expectations(out, settings), junit=junit,
+                       logs=logs, builtin=settings.builtin, extra=settings.suites,
+                       identity=identity,
+                       known_hosts=Path(args.known_hosts) if args.known_hosts else None,
+                       jobs=args.jobs, on_done=done)
+    print(result.summary())
+    return 0 if result.ok else 1
 
 
 def is_artifact(arg: str) -> bool:

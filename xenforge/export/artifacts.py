@@ -119,11 +119,3 @@ def _sha256(path: Path, record: object) -> str:
             record.get("mtime_ns") == st.st_mtime_ns and isinstance(record.get("sha256"), str):
         return str(record["sha256"])
     return sha256_file(path)
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"

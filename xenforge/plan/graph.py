@@ -151,7 +151,10 @@ class Graph:
         if unknown:
             raise InputError(f"recipe {self.recipe} has no node {', '.join(unknown)}",
                              hint=f"its nodes: {', '.join(self.nodes)} (see `xenforge plan`)")
-        keep = set().union(*(self.upstream(t) for t in targets))
+        return self.subset(set().union(*(self.upstream(t) for t in targets)))
+
+    def subset(self, keep: set[str]) -> Graph:
+        """The nodes named in ``keep``, in the same order (their inputs need not be)."""
         return Graph(self.recipe, {k: n for k, n in self.nodes.items() if k in keep},
                      {k: v for k, v in self.origins.items() if k in keep})
 

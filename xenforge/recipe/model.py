@@ -167,6 +167,14 @@ class TestsSection(Model):
     after_build: bool = Field(False, description="`xenforge build` also runs the tests")
 
 
+class CacheSection(Model):
+    remote: str | None = Field(
+        None, pattern=r"^https?://[^\s@?#]+$",
+        description="a shared remote cache (HTTP with PUT and MOVE, e.g. nginx's dav module); "
+        "credentials from ~/.netrc or the environment, never in the URL")
+    read_only: bool = Field(False, description="fetch from the remote cache, never upload")
+
+
 class Recipe(Model):
     schema_: Literal[1] = Field(alias="schema", description="recipe format version")
     name: Name | None = Field(None, description="defaults to the file name")
@@ -186,3 +194,5 @@ class Recipe(Model):
     guests: list[GuestSection] = Field(default_factory=list)
     iso: IsoSection | None = None
     tests: TestsSection | None = None
+    cache: CacheSection | None = Field(None, description="where built nodes are shared "
+                                       "(`--remote-cache` and $XENFORGE_REMOTE_CACHE win)")

@@ -1,0 +1,114 @@
+"""Before a build runs: which nodes are in the local cache, which the remote cache has,
+which must be built - and which are not needed at all, because every node that consumes
+them is already cached (a CI job that builds one node fetches that node's inputs, not
+their inputs in turn).
+
+:func:`resolve` fetches the remote objects the build needs (each verified; a damaged one
+is built here instead, which can make its own inputs needed) and gives the executor the
+part of the graph that is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from xenforge.cache import Cache
+from xenforge.cache.remote import DamagedObject, RemoteCache, RemoteError
+from xenforge.plan.graph import Graph
+from xenforge.stages import get_stage
+
+State = Literal["local", "remote", "build", "unneeded"]
+
+
+class Liner(Protocol):
+    def line(self, text: str) -> None: ...
+
+
+@dataclass
+class Resolution:
+    graph: Graph  # what the executor runs: the nodes not "unneeded"
+    state: dict[str, State]
+    fetched: dict[str, str] = field(default_factory=dict)  # node -> how it was fetched
+    #: local objects the remote lacks (the executor uploads them)
+    push: set[str] = field(default_factory=set)
+    damaged: list[str] = field(default_factory=list)  # remote copies that failed checks
+
+
+def states(graph: Graph, local: set[str], remote: Mapping[str, bool]) -> dict[str, State]:
+    """Each node's state, given the node names cached locally and the remote's answer by
+    node name. Wanted are the nodes with artifacts to export and the graph's ends; a node
+    to build needs its inputs; a cached node (local or remote) needs nothing."""
+    consumed = {dep for n in graph.nodes.values() for dep in n.deps()}
+    need = {n.name for n in graph.nodes.values()
+            if (n.export and get_stage(n.stage).artifacts) or n.name not in consumed}
+    state: dict[str, State] = {}
+    for node in reversed(graph.nodes.values()):  # consumers before their inputs
+        if node.name in local:
+            state[node.name] = "local"
+        elif node.name not in need:
+            state[node.name] = "unneeded"
+        elif remote.get(node.name):
+            state[node.name] = "remote"
+        else:
+            state[node.name] = "build"
+            need.update(node.deps())
+    return {name: state[name] for name in graph.nodes}
+
+
+def local_nodes(graph: Graph, cache: Cache) -> set[str]:
+    return {n.name for n in graph.nodes.values() if cache.has(n.id)}
+
+
+def remote_nodes(graph: Graph, remote: RemoteCache | None) -> dict[str, bool]:
+    """Which nodes the remote holds (every node asked; none without a remote)."""
+    if remote is None:
+        return {}
+    have = remote.which(n.id for n in graph.nodes.values())
+    return {n.name: have[n.id] for n in graph.nodes.values()}
+
+
+def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
+            progress: Liner) -> Resolution:
+    """Fetch what the build needs from the remote and plan the rest (see the module)."""
+    try:
+        on_remote = remote_nodes(graph, remote)
+    except RemoteError as exc:
+        progress.line(f"remote cache {remote.url if remote else ''} unusable, building "
+                      f"without it: {exc.message}")
+        on_remote, remote = {}, None
+    available = dict(on_remote)
+    fetched: dict[str, str] = {}
+    damaged: list[str] = []
+    while True:
+        state = states(graph, local_nodes(graph, cache), available)
+        todo = [name for name, s in state.items() if s == "remote" and name not in fetched]
+        if not todo or remote is None:
+            break
+        for name in todo:  # dependency order
+            node = graph.nodes[name]
+            try:
+                with cache.lock(node.id):
+                    if cache.has(node.id):  # another build fetched or made it meanwhile
+                        fetched[name] = "fetched by another build"
+                        continue
+                    fetched[name] = remote.fetch(node.id, cache.store).describe(
+                        "from the remote cache:")
+            except DamagedObject as exc:
+                damaged.append(f"{name}: {exc.message}")
+                progress.line(f"damaged remote object {name}: {exc.message}; building it "
+                              "here" + ("" if remote.writable else " (read-only: the remote "
+                                        "copy stays)"))
+                available[name] = False
+            except RemoteError as exc:
+                progress.line(f"cannot fetch {name} from the remote cache: {exc.message}; "
+                              "building it here")
+                available[name] = False
+    keep = {name for name, s in state.items() if s != "unneeded"}
+    push = set()
+    if remote is not None and remote.writable:
+        push = {name for name in keep
+                if state[name] == "local" and not on_remote.get(name) and name not in fetched}
+    return Resolution(graph=graph.subset(keep), state=state, fetched=fetched, push=push,
+                      damaged=damaged)
