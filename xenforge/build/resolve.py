@@ -36,13 +36,16 @@ class Resolution:
     damaged: list[str] = field(default_factory=list)  # remote copies that failed checks
 
 
-def states(graph: Graph, local: set[str], remote: Mapping[str, bool]) -> dict[str, State]:
+def states(graph: Graph, local: set[str], remote: Mapping[str, bool],
+           targets: list[str] | None = None) -> dict[str, State]:
     """Each node's state, given the node names cached locally and the remote's answer by
-    node name. Wanted are the nodes with artifacts to export and the graph's ends; a node
-    to build needs its inputs; a cached node (local or remote) needs nothing."""
+    node name. Wanted are the ``targets``, or else the nodes with artifacts to export and
+    the graph's ends; a node to build needs its inputs; a cached node (local or remote)
+    needs nothing."""
     consumed = {dep for n in graph.nodes.values() for dep in n.deps()}
-    need = {n.name for n in graph.nodes.values()
-            if (n.export and get_stage(n.stage).artifacts) or n.name not in consumed}
+    need = set(targets) if targets else {
+        n.name for n in graph.nodes.values()
+        if (n.export and get_stage(n.stage).artifacts) or n.name not in consumed}
     state: dict[str, State] = {}
     for node in reversed(graph.nodes.values()):  # consumers before their inputs
         if node.name in local:
@@ -70,7 +73,7 @@ def remote_nodes(graph: Graph, remote: RemoteCache | None) -> dict[str, bool]:
 
 
 def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
-            progress: Liner) -> Resolution:
+            progress: Liner, targets: list[str] | None = None) -> Resolution:
     """Fetch what the build needs from the remote and plan the rest (see the module)."""
     try:
         on_remote = remote_nodes(graph, remote)
@@ -82,7 +85,7 @@ def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
     fetched: dict[str, str] = {}
     damaged: list[str] = []
     while True:
-        state = states(graph, local_nodes(graph, cache), available)
+        state = states(graph, local_nodes(graph, cache), available, targets)
         todo = [name for name, s in state.items() if s == "remote" and name not in fetched]
         if not todo or remote is None:
             break

@@ -118,7 +118,8 @@ class Transfer:
 
     node_id: str
     bytes: int  # the archive's size
-    seconds: float
+    seconds: float  # the HTTP transfer
+    total: float  # with packing or unpacking and verifying
 
     @property
     def rate(self) -> float:
@@ -126,8 +127,8 @@ class Transfer:
         return self.bytes / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
 
     def describe(self, verb: str) -> str:
-        return (f"{verb} {human_size(self.bytes)} in {self.seconds:.1f}s "
-                f"({self.rate:.0f} MiB/s)")
+        return (f"{verb} {human_size(self.bytes)} in {self.total:.1f}s (transfer "
+                f"{self.seconds:.1f}s, {self.rate:.0f} MiB/s)")
 
 
 class RemoteCache:
@@ -241,7 +242,7 @@ class RemoteCache:
                 raise DamagedObject(f"remote object {node_id[:12]}: {problems[0]}")
             manifest["fetched_from"] = self.url
             store.adopt(node_id, staging, manifest)
-            return Transfer(node_id, size, took)
+            return Transfer(node_id, size, took, time.monotonic() - start)
         finally:
             blob.unlink(missing_ok=True)
             if staging.exists():
@@ -264,12 +265,14 @@ class RemoteCache:
                        log=self.log, env={"ZSTD_CLEVEL": "3", "ZSTD_NBTHREADS": "0"})
             size = blob.stat().st_size
             digest = _sha256(blob)
+            sent = time.monotonic()
             self._put(self._url(node_id, ".tar.zst"), blob)
             record = {k: v for k, v in manifest.items() if k != "fetched_from"}
             record["archive"] = {"sha256": digest, "size": size}
             self._put_bytes(self._url(node_id, ".json"),
                             json.dumps(record, indent=2, sort_keys=True).encode())
-            return Transfer(node_id, size, time.monotonic() - start)
+            now = time.monotonic()
+            return Transfer(node_id, size, now - sent, now - start)
         finally:
             blob.unlink(missing_ok=True)
 

@@ -14,6 +14,7 @@ from types import FrameType
 from xenforge import __version__
 from xenforge.cli.build import cmd_build, cmd_plan, cmd_recipes, cmd_schema, cmd_validate
 from xenforge.cli.cache_cmd import cmd_cache
+from xenforge.cli.ci_cmd import cmd_ci
 from xenforge.cli.common import add_remote_options, days, positive_int
 from xenforge.cli.machines import cmd_boot, cmd_ssh, cmd_test
 from xenforge.core.errors import XenforgeError
@@ -169,6 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("recipe", metavar="RECIPE")
     sh.add_argument("command", nargs=argparse.REMAINDER, help="a command to run instead")
     sh.set_defaults(func=cmd_ssh)
+
+    ci = sub.add_parser("ci", parents=[common],
+                        help="write a GitLab CI or GitHub Actions pipeline that shards the "
+                        "build over runners through the remote cache")
+    ci.add_argument("engine", choices=["gitlab", "github"])
+    ci.add_argument("recipes", nargs="+", metavar="RECIPE",
+                    help="recipes relative to the repository root (or shipped names)")
+    ci.add_argument("-o", "--output", metavar="FILE",
+                    help="where to write it (default: .gitlab-ci.yml or "
+                    ".github/workflows/xenforge.yml; - for stdout)")
+    ci.add_argument("--remote-cache", metavar="URL",
+                    help="write this cache URL into the file (default: the CI variable "
+                    "XENFORGE_REMOTE_CACHE, or the recipe's cache.remote)")
+    ci.add_argument("--setup", metavar="CMD",
+                    help="a command each job runs first (e.g. installing xenforge)")
+    ci.add_argument("--xenforge", metavar="CMD", default="xenforge",
+                    help="how jobs call xenforge (the $XENFORGE variable; default xenforge)")
+    ci.add_argument("--tag", action="append", metavar="TAG",
+                    help="runner tag (GitLab tags, GitHub runs-on labels; repeatable)")
+    ci.add_argument("--image", metavar="IMAGE", help="GitLab: the jobs' container image")
+    ci.add_argument("--no-test", action="store_true",
+                    help="release jobs export only (no boot and test step)")
+    ci.set_defaults(func=cmd_ci)
 
     c = sub.add_parser("cache", parents=[common], help="inspect or clean the cache")
     csub = c.add_subparsers(dest="cache_cmd", required=True, metavar="ACTION")

@@ -132,7 +132,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                   + (f", remote cache {remote.url}" + (" (read-only)" if not remote.writable
                                                         else "") if remote else ""))
     with progress:
-        todo = resolve(graph, cache, remote, progress)
+        todo = resolve(graph, cache, remote, progress, targets=args.target)
         results = Executor(todo.graph, cache, progress, jobs=args.jobs, logs_dir=logs,
                            remote=remote, push=todo.push, fetched=todo.fetched).run()
     failed = [r for r in results.values() if r.status == "failed"]

@@ -145,6 +145,9 @@ class Stage:
     artifacts: ClassVar[tuple[str, ...]] = ()
     #: True for stages whose work is heavy (compilers): the executor runs one at a time
     heavy: ClassVar[bool] = False
+    #: True for stages that take minutes without being compilers (a debootstrap, an image):
+    #: like heavy ones, a generated CI pipeline gives each such node a job of its own
+    own_job: ClassVar[bool] = False
     #: inputs the node may start without: the stage waits for them with
     #: ``ctx.wait_input(label)`` where it needs them (a rootfs debootstraps while the kernel
     #: it installs at the end still compiles)

@@ -46,6 +46,7 @@ class BuildrootOptions(StageOptions):
 
 
 class BuildrootStage(Stage):
+    own_job: ClassVar[bool] = True
     name: ClassVar[str] = "buildroot"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = BuildrootOptions

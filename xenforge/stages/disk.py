@@ -101,6 +101,7 @@ def set_shell_vars(text: str, values: dict[str, str]) -> str:
 
 
 class DiskStage(Stage):
+    own_job: ClassVar[bool] = True
     name: ClassVar[str] = "disk"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = DiskOptions

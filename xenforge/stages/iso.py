@@ -139,6 +139,7 @@ def install_conf(opts: IsoOptions, system_bytes: int) -> str:
 
 
 class IsoStage(Stage):
+    own_job: ClassVar[bool] = True
     name: ClassVar[str] = "iso"
     version: ClassVar[int] = 2
     Options: ClassVar[type[StageOptions]] = IsoOptions

@@ -121,6 +121,7 @@ def disk_image_create() -> Path:
 
 
 class RootfsStage(Stage):
+    own_job: ClassVar[bool] = True
     name: ClassVar[str] = "rootfs"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = RootfsOptions
