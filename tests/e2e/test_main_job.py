@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -209,15 +210,64 @@ def test_host_mode_and_an_unmodified_hvm_guest(out_dir: Path, tmp_path: Path) ->
         )
         print(res.stdout[-3000:])
         assert res.returncode == 0, f"--host run failed:\n{res.stdout}\n{res.stderr[-2000:]}"
+        fleet = _fleet_smoke_test(info, tmp_path)
     finally:
         boot.send_signal(signal.SIGTERM)
         boot.wait(timeout=180)
     assert not _qemus(), "xenforge boot left QEMU running after SIGTERM"
+    _check_fleet(*fleet)
     cases = {c.get("name", "") for c in ET.parse(junit).getroot().iter("testcase")}
     assert any("hypervisor_is_the_built_one" in c for c in cases), cases
     assert any(c.startswith("test_guest_lifecycle[guest-hvm-") for c in cases), cases
     assert any(c.startswith("test_hvm_guest_without_device_model") for c in cases), cases
     _bench(junit, "guest-hvm", "sd")
+
+
+def _fleet_smoke_test(info: dict[str, str], tmp_path: Path) -> tuple[subprocess.
+                                                                     CompletedProcess[str], Path]:
+    """An operator's fleet: the same VM under two names (one with its own key) and a host
+    that is down, in an Ansible inventory; the dom0 suite on all of them, two at a time."""
+    port = info["ssh"].rsplit(":", 1)[1]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    inventory = tmp_path / "fleet.ini"
+    inventory.write_text(
+        "[hosts]\n"
+        f"vm-a ansible_host=127.0.0.1 ansible_port={port} ansible_user=root\n"
+        f"vm-b ansible_host=127.0.0.1 ansible_port={port} "
+        f"ansible_ssh_private_key_file={info['key']}\n"
+        "[gone]\n"
+        f"down ansible_host=127.0.0.1 ansible_port={closed}\n"
+        "[all:vars]\nansible_user=root\n")
+    junit = tmp_path / "fleet.xml"
+    res = subprocess.run([*XENFORGE, "test", str(HVM), "--inventory", str(inventory), "-j", "2",
+                          "--suite", "dom0", "--identity", info["key"], "--known-hosts",
+                          info["known_hosts"], "--junit", str(junit)],
+                         cwd=REPO, capture_output=True, text=True, timeout=2400)
+    print(res.stdout[-3000:])
+    return res, junit
+
+
+def _check_fleet(res: subprocess.CompletedProcess[str], junit: Path) -> None:
+    assert res.returncode == 1, f"one host is down: the run fails\n{res.stdout}{res.stderr}"
+    suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
+    assert set(suites) == {"vm-a", "vm-b", "down"}, suites
+    for host in ("vm-a", "vm-b"):
+        cases = list(suites[host].iter("testcase"))
+        assert len(cases) >= 10, (host, len(cases))
+        bad = [c.get("name") for c in cases
+               if c.find("failure") is not None or c.find("error") is not None]
+        assert not bad, (host, bad)
+        assert any("hypervisor_is_the_built_one" in (c.get("name") or "") for c in cases)
+    down = list(suites["down"].iter("testcase"))
+    assert [c.get("name") for c in down] == ["reachable"], down
+    failure = down[0].find("failure")
+    assert failure is not None and "cannot connect to 127.0.0.1" in (
+        failure.get("message") or ""), ET.tostring(down[0])
+    table = res.stdout
+    for host in ("vm-a", "vm-b", "down"):
+        assert re.search(rf"^\s*{host}\s", table, re.M), table
 
 
 def test_a_sigkilled_xenforge_boot_leaves_no_qemu(out_dir: Path) -> None:

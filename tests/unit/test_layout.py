@@ -80,6 +80,7 @@ LAYERS = {
     "recipe": {"core", "lib", "sources"}, "stages": {"core", "lib", "sources"},
     "plan": {"core", "lib", "sources", "recipe", "stages"},
     "cache": {"core"}, "vm": {"core"},
+    "pipelines": {"core", "lib", "sources", "recipe", "stages", "plan"},
 }
 
 
