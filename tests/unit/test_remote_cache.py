@@ -202,3 +202,23 @@ def test_an_unreachable_remote_is_reported_and_the_build_goes_on(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "unusable, building without it" in out and "2 built" in out
+
+
+def test_the_recipe_names_the_remote_cache_and_the_command_line_wins(
+        fx: Path, tmp_path: Path, server: nginx.Nginx,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = fx / "kernel.yaml"
+    recipe.write_text(recipe.read_text() +
+                      f"cache:\n  remote: {server.url}\n  read_only: true\n")
+    base = ["build", str(recipe), "--target", "tree:mini", "--plain"]
+    assert cli.main(["--cache-dir", str(tmp_path / "a"), *base, "-o", str(tmp_path / "o1")]) == 0
+    out = capsys.readouterr().out
+    assert f"remote cache {server.url} (read-only)" in out and "uploaded" not in out
+    assert server.requests("PUT") == []
+    heads = len(server.requests("HEAD"))
+    assert heads > 0
+    assert cli.main(["--cache-dir", str(tmp_path / "b"), *base, "-o", str(tmp_path / "o2"),
+                     "--no-remote-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "remote cache" not in out and "2 built" in out
+    assert len(server.requests("HEAD")) == heads  # not asked at all
