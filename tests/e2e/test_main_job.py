@@ -77,8 +77,14 @@ def test_build_exports_every_artifact_with_checksums(out_dir: Path) -> None:
         assert want in paths, f"{want} missing from the artifacts: {sorted(paths)}"
     assert any(p.startswith("xen-debs/") and p.endswith(".deb") for p in paths)
     assert any(p.startswith("kernel-dom0/") and p.endswith(".deb") for p in paths)
-    sums = (out_dir / "SHA256SUMS").read_text().splitlines()
-    assert len(sums) == len(paths)
+    listed = {ln.split("  ", 1)[1] for ln in (out_dir / "SHA256SUMS").read_text().splitlines()}
+    others = listed - paths  # the export's documents and the suites' results
+    assert paths <= listed and {"manifest.json", "sbom.spdx.json",
+                                "provenance.intoto.json"} <= others, others
+    assert all(o.startswith("test-results/") or o.endswith(".json") for o in others), others
+    verify = subprocess.run([*XENFORGE, "verify-release", str(out_dir)], capture_output=True,
+                            text=True)
+    assert verify.returncode == 0, verify.stdout
 
 
 def test_booted_default_recipe_passes_the_suites(main_job: MainJob, out_dir: Path) -> None:

@@ -34,7 +34,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def _sums(path: Path) -> dict[str, str]:
-    return {line.split()[1]: line.split()[0] for line in path.read_text().splitlines()}
+    """SHA256SUMS without the two documents that say when and how this run went."""
+    return {line.split()[1]: line.split()[0] for line in path.read_text().splitlines()
+            if line.split()[1] not in ("manifest.json", "provenance.intoto.json")}
 
 
 def _checkout(dest: Path) -> None:

@@ -93,7 +93,9 @@ def test_second_build_runs_no_node(fx: Path, tmp_path: Path,
     assert {n["name"]: (n["id"], n["status"]) for n in manifest["nodes"]} == {
         "source:mini": (graph.nodes["source:mini"].id, "cached"),
         "tree:mini": (graph.nodes["tree:mini"].id, "cached")}
-    assert (out / "mini-kernel" / "SHA256SUMS").read_text() == ""  # no artifacts declared
+    listed = [ln.split("  ")[1] for ln in (out / "mini-kernel" / "SHA256SUMS").read_text()
+              .splitlines()]  # no artifacts declared: only the export's own documents
+    assert listed == ["manifest.json", "provenance.intoto.json", "sbom.spdx.json"]
 
 
 def test_unknown_target_is_an_input_error(fx: Path, tmp_path: Path,
@@ -126,15 +128,18 @@ def test_exported_artifacts_match_sha256sums_and_manifest(
         for line in (dest / "SHA256SUMS").read_text().splitlines():
             digest, name = line.split("  ", 1)
             sums[name] = digest
-        assert sums == {a.path.as_posix(): sha256_file(dest / a.path) for a in artifacts}
+        docs = {"manifest.json", "provenance.intoto.json", "sbom.spdx.json"}
+        assert set(sums) - docs == {a.path.as_posix() for a in artifacts}
+        assert sums == {name: sha256_file(dest / name) for name in sums}
+        sums = {name: digest for name, digest in sums.items() if name not in docs}
         manifest = json.loads((dest / "manifest.json").read_text())
         assert manifest["recipe"] == "mini-kernel"
         assert {a["path"]: a["sha256"] for a in manifest["artifacts"]} == sums
         assert {a["path"]: a["size"] for a in manifest["artifacts"]} == \
             {p: (dest / p).stat().st_size for p in sums}
         assert [n["name"] for n in manifest["nodes"]] == ["source:mini", "tree:mini", "pack"]
-        assert sorted(p.name for p in dest.iterdir()) == ["SHA256SUMS", "manifest.json",
-                                                          "pack"]
+        assert sorted(p.name for p in dest.iterdir()) == [
+            "SHA256SUMS", "manifest.json", "pack", "provenance.intoto.json", "sbom.spdx.json"]
     listing = (dest / "pack" / "files.txt").read_text().split()
     assert listing == ["Makefile", "init/Kconfig"]
     with tarfile.open(dest / "pack" / "tree.tar") as tar:

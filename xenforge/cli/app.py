@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from types import FrameType
 
 from xenforge import __version__
-from xenforge.cli.build import cmd_build, cmd_plan, cmd_recipes, cmd_schema, cmd_validate
+from xenforge.cli.build import (
+    cmd_build,
+    cmd_plan,
+    cmd_recipes,
+    cmd_schema,
+    cmd_validate,
+    cmd_verify_release,
+)
 from xenforge.cli.cache_cmd import cmd_cache
 from xenforge.cli.ci_cmd import cmd_ci
 from xenforge.cli.common import add_remote_options, days, positive_int
@@ -170,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("recipe", metavar="RECIPE")
     sh.add_argument("command", nargs=argparse.REMAINDER, help="a command to run instead")
     sh.set_defaults(func=cmd_ssh)
+
+    vr = sub.add_parser("verify-release", parents=[common],
+                        help="check an export: the signature of SHA256SUMS and every file")
+    vr.add_argument("folder", metavar="DIR", help="an export folder (out/RECIPE)")
+    vr.add_argument("--keyring", metavar="FILE",
+                    help="trust only the keys in FILE (gpg --export of the signer's key)")
+    vr.add_argument("--require-signature", action="store_true",
+                    help="an unsigned release fails")
+    vr.set_defaults(func=cmd_verify_release)
 
     ci = sub.add_parser("ci", parents=[common],
                         help="write a GitLab CI or GitHub Actions pipeline that shards the "

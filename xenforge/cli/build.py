@@ -110,11 +110,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     from xenforge.build.resolve import resolve
     from xenforge.core.errors import InputError
     from xenforge.core.units import human_size
-    from xenforge.export.artifacts import check_destination, export
+    from xenforge.export.artifacts import Release, check_destination, export
+    from xenforge.export.release import check_key, reseal, signing_key
     from xenforge.plan import plan_many
     from xenforge.recipe.model import TestsSection
 
-    start = time.monotonic()
+    start, started = time.monotonic(), time.time()
     loadeds = [_loaded(r) for r in args.recipes]
     if len(loadeds) > 1 and args.test:
         raise InputError("--test boots one recipe's image", hint="build the recipes together, "
@@ -122,8 +123,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     graph = plan_many(loadeds)
     if args.target:
         graph = graph.only(args.target)
+    keys = {}
     for loaded in loadeds:  # before anything is built: a folder of the user's stays untouched
         check_destination(Path(args.out) / loaded.name)
+        sig = loaded.recipe.signing  # and a signing key that is not there fails now
+        keys[loaded.name] = check_key(signing_key(sig.key if sig else None))
     cache = cache_of(args)
     logs = cache.state.logs(graph.recipe)
     remote = remote_of(args, loadeds[0], cache, logs / "remote.log")
@@ -164,7 +168,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         own_results = {own: results[name] for name in graph.nodes if name in results
                        for recipe, own in graph.origins_of(name) if recipe == loaded.name}
         out_dir = Path(args.out) / loaded.name
-        artifacts = export(view, own_results, cache, out_dir)
+        release = Release(recipe_file=loaded.file, started=started, log=logs / "export.log",
+                          signing_key=keys[loaded.name])
+        artifacts = export(view, own_results, cache, out_dir, release)
         outs.append(out_dir)
         if isinstance(progress, JsonProgress):
             for a in artifacts:
@@ -187,5 +193,20 @@ def cmd_build(args: argparse.Namespace) -> int:
 
         outcome = test_built(outs[0], cache=cache, progress=progress,
                              settings=tests or TestsSection())
+        reseal(outs[0], keys[loadeds[0].name], log=logs / "export.log")  # results included
         return report(outcome)
     return 0
+
+
+def cmd_verify_release(args: argparse.Namespace) -> int:
+    from xenforge.export.release import verify_release
+
+    verdict = verify_release(Path(args.folder), keyring=Path(args.keyring) if args.keyring
+                             else None, require_signature=args.require_signature)
+    for problem in verdict.problems:
+        print(f"FAILED {problem}")
+    signed = (f"signature good (key {verdict.signed_by})" if verdict.signed_by
+              else "not signed")
+    print(f"{args.folder}: {verdict.checked} files checked, {len(verdict.problems)} "
+          f"problem(s); {signed}")
+    return 0 if verdict.ok else 1

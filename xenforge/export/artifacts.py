@@ -23,6 +23,33 @@ GENERATOR = "xenforge"
 
 
 @dataclass
+class Release:
+    """What an export holds besides the artifacts: SBOM, provenance, signed checksums."""
+
+    recipe_file: Path | None = None
+    signing_key: str | None = None
+    started: float = 0.0  # time.time() the build started
+    log: Path | None = None
+
+    def write(self, folder: Path, graph: Graph, results: dict[str, NodeResult],
+              artifacts: list[Artifact]) -> None:
+        from xenforge.export.provenance import write_provenance
+        from xenforge.export.release import sign, write_sums
+        from xenforge.export.sbom import write_sbom
+
+        epoch = max((n.env.epoch for n in graph.nodes.values() if n.env), default=0)
+        release = next((n.env.release for n in graph.nodes.values() if n.env), "unknown")
+        write_sbom(folder, graph, results, artifacts, recipe=graph.recipe, epoch=epoch,
+                   release=release)
+        write_provenance(folder, graph, results, artifacts, recipe=graph.recipe,
+                         recipe_file=self.recipe_file, epoch=epoch, started=self.started,
+                         finished=time.time())
+        write_sums(folder, known={a.path.as_posix(): a.sha256 for a in artifacts})
+        if self.signing_key:
+            sign(folder, self.signing_key, log=self.log)
+
+
+@dataclass
 class Artifact:
     node: str
     path: Path  # relative to the export dir
@@ -58,10 +85,12 @@ def check_destination(dest: Path) -> None:
                          "folder)", hint="pass a writable -o/--out")
 
 
-def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Path
-           ) -> list[Artifact]:
+def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Path,
+           release: Release | None = None) -> list[Artifact]:
     """Publish every built node's artifacts under ``dest`` (replacing a previous export of
-    xenforge there; anything else is refused by :func:`check_destination`)."""
+    xenforge there; anything else is refused by :func:`check_destination`), with
+    ``manifest.json``, ``release``'s documents (SBOM, provenance), ``SHA256SUMS`` of every
+    file and its signature."""
     check_destination(dest)
     staging = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -89,8 +118,6 @@ def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Pat
                     shutil.copy2(src, target)
                 artifacts.append(Artifact(node.name, rel, src.stat().st_size,
                                           _sha256(src, records.get(str(src.relative_to(res.out))))))
-    (staging / "SHA256SUMS").write_text(
-        "".join(f"{a.sha256}  {a.path.as_posix()}\n" for a in artifacts))
     manifest = {
         "generator": GENERATOR,
         "recipe": graph.recipe,
@@ -102,6 +129,11 @@ def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Pat
                        "sha256": a.sha256} for a in artifacts],
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    try:  # the documents that let a user check it
+        (release or Release()).write(staging, graph, results, artifacts)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = dest.with_name(f".{dest.name}.old{os.getpid()}")
     if dest.exists():
         os.rename(dest, old)

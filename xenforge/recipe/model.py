@@ -175,6 +175,13 @@ class CacheSection(Model):
     read_only: bool = Field(False, description="fetch from the remote cache, never upload")
 
 
+class SigningSection(Model):
+    key: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9@._+<> -]{1,200}$",
+        description="GnuPG key (id, fingerprint or address) that signs SHA256SUMS; "
+        "$XENFORGE_SIGNING_KEY wins; the passphrase comes from $XENFORGE_SIGNING_PASSPHRASE")
+
+
 class Recipe(Model):
     schema_: Literal[1] = Field(alias="schema", description="recipe format version")
     name: Name | None = Field(None, description="defaults to the file name")
@@ -194,5 +201,6 @@ class Recipe(Model):
     guests: list[GuestSection] = Field(default_factory=list)
     iso: IsoSection | None = None
     tests: TestsSection | None = None
+    signing: SigningSection | None = Field(None, description="how exports are signed")
     cache: CacheSection | None = Field(None, description="where built nodes are shared "
                                        "(`--remote-cache` and $XENFORGE_REMOTE_CACHE win)")

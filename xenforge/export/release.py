@@ -1,0 +1,167 @@
+"""What makes an export a release a user can check instead of trust: ``SHA256SUMS`` of every
+file in it, signed with GnuPG (detached, armoured: ``SHA256SUMS.asc``) when a key is
+configured, and :func:`verify_release`, which names each file that fails.
+
+The key: the recipe's ``signing.key`` or ``$XENFORGE_SIGNING_KEY`` (a key id or
+fingerprint in the GnuPG home, ``$GNUPGHOME`` or ``~/.gnupg``); its passphrase, if any,
+from ``$XENFORGE_SIGNING_PASSPHRASE``, handed to gpg on a pipe (never on a command line,
+never logged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xenforge.core import run as runner
+from xenforge.core.errors import InputError, XenforgeError
+from xenforge.core.hashing import sha256_file
+
+SUMS = "SHA256SUMS"
+SIGNATURE = "SHA256SUMS.asc"
+KEY_VAR = "XENFORGE_SIGNING_KEY"
+PASSPHRASE_VAR = "XENFORGE_SIGNING_PASSPHRASE"
+
+
+def signing_key(recipe_key: str | None) -> str | None:
+    """The key to sign with: ``$XENFORGE_SIGNING_KEY`` wins over the recipe's."""
+    key = os.environ.get(KEY_VAR) or recipe_key
+    if key is not None and (not key.strip() or any(c in key for c in "\n\r\0")):
+        raise InputError(f"signing key {key!r} is not a key id",
+                         hint=f"set {KEY_VAR} or the recipe's signing.key to a key id or "
+                         "fingerprint of your GnuPG keyring")
+    return key
+
+
+def check_key(key: str | None) -> str | None:
+    """``key`` if GnuPG has its secret key (so a build is not signed in vain at the end)."""
+    if key is None:
+        return None
+    res = runner.run(["gpg", "--batch", "--list-secret-keys", key], check=False,
+                     capture=True, inherit_env=True)
+    if res.returncode != 0:
+        raise InputError(f"no secret key {key!r} in the GnuPG keyring",
+                         hint=f"import it (gpg --import) or fix {KEY_VAR} / the recipe's "
+                         "signing.key; GNUPGHOME selects another keyring")
+    return key
+
+
+def write_sums(folder: Path, known: dict[str, str] | None = None) -> Path:
+    """``SHA256SUMS`` of every file below ``folder`` (sorted; the list and its signature
+    are not in it). ``known``: digests already computed, by relative path."""
+    known = known or {}
+    lines = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel in (SUMS, SIGNATURE):
+            continue
+        lines.append(f"{known.get(rel) or sha256_file(path)}  {rel}\n")
+    dest = folder / SUMS
+    dest.write_text("".join(lines))
+    return dest
+
+
+def reseal(folder: Path, key: str | None, *, log: Path | None = None) -> None:
+    """``SHA256SUMS`` (and its signature) again, after files were added to an export (the
+    suites' results of ``build --test``); the artifacts' digests come from its manifest."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        known = {a["path"]: a["sha256"] for a in manifest.get("artifacts", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        known = {}
+    write_sums(folder, known=known)
+    (folder / SIGNATURE).unlink(missing_ok=True)
+    if key:
+        sign(folder, key, log=log)
+
+
+def sign(folder: Path, key: str, *, log: Path | None = None) -> Path:
+    """Sign ``folder/SHA256SUMS`` with ``key`` (detached, armoured)."""
+    passphrase = os.environ.get(PASSPHRASE_VAR)
+    argv: list[str | Path] = ["gpg", "--batch", "--yes", "--armor", "--detach-sign",
+                              "--local-user", key, "--output", folder / SIGNATURE]
+    if passphrase is not None:
+        argv += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
+    res = runner.run([*argv, folder / SUMS], check=False, log=log, inherit_env=True,
+                     capture=True, stdin_data=(passphrase + "\n").encode() if passphrase is not None
+                     else None)
+    if res.returncode != 0:
+        raise XenforgeError(f"gpg could not sign {folder / SUMS} with key {key}",
+                            hint=f"check that the key is in your keyring (gpg -K {key}) "
+                            f"and its passphrase is in {PASSPHRASE_VAR}; gpg said: "
+                            f"{(res.stderr.strip().splitlines() or ['nothing'])[-1]}")
+    return folder / SIGNATURE
+
+
+@dataclass
+class Verdict:
+    folder: Path
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)  # "FILE: what is wrong"
+    signed_by: str | None = None  # the signature's key, when it verified
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_release(folder: Path, *, keyring: Path | None = None,
+                   require_signature: bool = False) -> Verdict:
+    """Check ``folder``: the signature of ``SHA256SUMS`` (when there is one; with
+    ``keyring``, against that keyring only), every file it lists, and no file it does not
+    list."""
+    verdict = Verdict(folder)
+    sums = folder / SUMS
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder", hint="give a release folder "
+                         "(out/RECIPE)")
+    if not sums.is_file():
+        verdict.problems.append(f"{SUMS}: missing (not a release folder?)")
+        return verdict
+    listed: dict[str, str] = {}
+    for n, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
+        digest, _, rel = line.partition("  ")
+        if len(digest) != 64 or not rel or rel.startswith("/") or ".." in rel.split("/"):
+            verdict.problems.append(f"{SUMS}:{n}: not a 'SHA256  FILE' line")
+            continue
+        listed[rel] = digest
+    signature = folder / SIGNATURE
+    if signature.is_file():
+        verdict.signed_by = _check_signature(signature, sums, keyring, verdict)
+    elif require_signature or keyring is not None:
+        verdict.problems.append(f"{SIGNATURE}: missing (the release is not signed)")
+    for rel, digest in sorted(listed.items()):
+        path = folder / rel
+        verdict.checked += 1
+        if not path.is_file():
+            verdict.problems.append(f"{rel}: missing")
+        elif sha256_file(path) != digest:
+            verdict.problems.append(f"{rel}: its sha256 is not the one in {SUMS} (changed)")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel not in listed and rel not in (SUMS, SIGNATURE):
+            verdict.problems.append(f"{rel}: not in {SUMS} (added)")
+    return verdict
+
+
+def _check_signature(signature: Path, sums: Path, keyring: Path | None,
+                     verdict: Verdict) -> str | None:
+    with tempfile.TemporaryDirectory(prefix="xenforge-gpg-") as home:
+        argv: list[str | Path] = ["gpg", "--batch", "--status-fd", "1"]
+        if keyring is not None:  # that keyring only, not the user's
+            argv += ["--homedir", home, "--no-default-keyring", "--keyring",
+                     keyring.absolute()]
+        res = runner.run([*argv, "--verify", signature, sums], check=False, capture=True,
+                         inherit_env=True)
+    status = res.stdout
+    good = [ln.split(maxsplit=3) for ln in status.splitlines() if ln.startswith(
+        "[GNUPG:] VALIDSIG") or ln.startswith("[GNUPG:] GOODSIG")]
+    if res.returncode != 0 or not good:
+        why = "it does not match SHA256SUMS" if "BADSIG" in status else \
+            "no key to check it with" if "NO_PUBKEY" in status else "gpg rejected it"
+        verdict.problems.append(f"{SIGNATURE}: bad signature ({why})")
+        return None
+    return good[0][2] if len(good[0]) > 2 else "?"
