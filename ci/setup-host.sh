@@ -26,6 +26,8 @@ packages=(
     libelf-dev libssl-dev dwarves
     # Debian packaging
     dpkg-dev debhelper fakeroot lintian
+    # signed releases (SHA256SUMS.asc) and the SBOM's view into images (debugfs)
+    gnupg e2fsprogs
     # images (diskimage-builder and what it calls)
     debootstrap sudo qemu-utils e2fsprogs dosfstools mtools squashfs-tools
     parted gdisk fdisk util-linux kpartx

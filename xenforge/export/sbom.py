@@ -289,7 +289,8 @@ def write_sbom(dest: Path, graph: Graph, results: dict[str, NodeResult],
     b.sources()
     built = b.built_debs()
     contents = b.image_contents(built, release)
-    described = b.artifacts(artifacts, dest, contents)
+    described = b.artifacts(artifacts, dest, contents) or [  # nothing exported: the sources
+        p["SPDXID"] for p in b.packages if p["SPDXID"].startswith("SPDXRef-Source-")]
     ids = "-".join(sorted(n.id[:12] for n in graph.nodes.values()))
     namespace = f"{NAMESPACE}/{recipe}-{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
     doc = {
