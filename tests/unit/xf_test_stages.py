@@ -79,6 +79,29 @@ class PackStage(Stage):
         (ctx.out / "files.txt").write_text("".join(f"{n}\n" for n in names))
 
 
+class StampOptions(StageOptions):
+    stamp: bool = False  # True: the build's clock goes into the artifact (not reproducible)
+
+
+class StampStage(Stage):
+    """Writes a build-info artifact; with ``stamp`` it holds the time of the build, as a
+    careless build step would (for the reproducibility check)."""
+
+    name: ClassVar[str] = "stamp-test"
+    version: ClassVar[int] = 1
+    Options: ClassVar[type[StageOptions]] = StampOptions
+    build_env: ClassVar[bool] = False
+    artifacts: ClassVar[tuple[str, ...]] = ("build-info.txt", "files.txt")
+
+    def run(self, ctx: StageContext) -> None:
+        opts: StampOptions = ctx.options
+        tree = ctx.inputs["tree"] / "tree"
+        names = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+        (ctx.out / "files.txt").write_text("".join(f"{n}\n" for n in names))
+        built = f"built at {time.time_ns()}\n" if opts.stamp else "built at epoch 0\n"
+        (ctx.out / "build-info.txt").write_text(built)
+
+
 class HangOptions(StageOptions):
     pidfile: str
 
@@ -124,4 +147,4 @@ class LateStage(Stage):
 
 TEST_STAGES = {"slow-test": f"{__name__}:SlowStage", "fail-test": f"{__name__}:FailStage",
                "pack-test": f"{__name__}:PackStage", "hang-test": f"{__name__}:HangStage",
-               "late-test": f"{__name__}:LateStage"}
+               "late-test": f"{__name__}:LateStage", "stamp-test": f"{__name__}:StampStage"}

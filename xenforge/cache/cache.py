@@ -53,7 +53,7 @@ GC_SCRATCH = ("kbuild", "dib")
 
 
 class Cache:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, ccache_dir: Path | None = None) -> None:
         self.root = (root or default_root()).absolute()
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
@@ -65,8 +65,8 @@ class Cache:
         self.state = StateDir.for_cache(self.root)
         # one compiler cache for every xenforge cache on this machine (a test's or CI shard's
         # own --cache-dir still compiles warm); ccache is content-addressed, so sharing is safe
-        self.ccache_dir = Path(os.environ.get("XENFORGE_CCACHE_DIR")
-                               or default_root() / "ccache").absolute()
+        self.ccache_dir = (ccache_dir or Path(os.environ.get("XENFORGE_CCACHE_DIR")
+                                              or default_root() / "ccache")).absolute()
         try:
             for d in (self.objects_dir, self.tmp_dir, self.locks_dir, self.refs_dir,
                       self.work_dir, self.scratch_dir):

@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then boot the result and run the test suites (xenforge test)",
     )
+    b.add_argument("--check-repro", action="store_true",
+                   help="then build everything again in another cache (no compiler cache) "
+                   "and compare every artifact; exit 1 if one that must be identical is not")
+    b.add_argument("--keep-repro", action="store_true",
+                   help="keep the second build of --check-repro (its path is printed)")
     add_remote_options(b)
     b.set_defaults(func=cmd_build)
 

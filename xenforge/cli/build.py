@@ -117,6 +117,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     start, started = time.monotonic(), time.time()
     loadeds = [_loaded(r) for r in args.recipes]
+    if args.check_repro and (args.target or args.remote_cache):
+        raise InputError("--check-repro rebuilds whole recipes locally",
+                         hint="leave out --target and --remote-cache")
     if len(loadeds) > 1 and args.test:
         raise InputError("--test boots one recipe's image", hint="build the recipes together, "
                          "then `xenforge test RECIPE` for each")
@@ -162,7 +165,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         fetched = f" ({len(todo.fetched)} fetched from the remote)" if todo.fetched else ""
         print(f"\n{graph.recipe}: {len(built)} built, {len(results) - len(built)} cached"
               f"{fetched}, {wall:.1f}s wall, {node_time:.1f}s of node time{overlap}")
-    outs = []
+    outs, exported = [], []
     for loaded in loadeds:  # each recipe's artifacts in its own folder
         view = graph.view(loaded.name) if len(loadeds) > 1 else graph
         own_results = {own: results[name] for name in graph.nodes if name in results
@@ -172,6 +175,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                           signing_key=keys[loaded.name])
         artifacts = export(view, own_results, cache, out_dir, release)
         outs.append(out_dir)
+        exported.append(artifacts)
         if isinstance(progress, JsonProgress):
             for a in artifacts:
                 progress.emit("artifact", recipe=loaded.name, node=a.node,
@@ -185,6 +189,19 @@ def cmd_build(args: argparse.Namespace) -> int:
                       cached=len(results) - len(built), fetched=sorted(todo.fetched),
                       damaged_remote=todo.damaged, wall=round(wall, 1),
                       node_seconds=round(node_time, 1), out=[str(o) for o in outs])
+    if args.check_repro:
+        from xenforge.build.repro import check, write_report
+
+        first = {ld.name: (out, arts) for ld, out, arts in zip(loadeds, outs, exported,
+                                                               strict=True)}
+        with progress:
+            reports = check(graph, first, views=graph, progress=progress, jobs=args.jobs,
+                            keep=args.keep_repro)
+        for rep in reports:
+            print(rep.render())
+        print(f"report: {write_report(reports, logs / 'reproducibility.json')}")
+        if not all(rep.ok for rep in reports):
+            return 1
     tests = loadeds[0].recipe.tests
     if args.test or (len(loadeds) == 1 and tests is not None and tests.after_build
                      and not args.target):

@@ -148,6 +148,9 @@ class Stage:
     #: True for stages that take minutes without being compilers (a debootstrap, an image):
     #: like heavy ones, a generated CI pipeline gives each such node a job of its own
     own_job: ClassVar[bool] = False
+    #: why two builds of a node of this stage may give different bytes ("" : they must not;
+    #: `xenforge build --check-repro` fails when they do)
+    repro_note: ClassVar[str] = ""
     #: inputs the node may start without: the stage waits for them with
     #: ``ctx.wait_input(label)`` where it needs them (a rootfs debootstraps while the kernel
     #: it installs at the end still compiles)

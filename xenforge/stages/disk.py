@@ -102,6 +102,9 @@ def set_shell_vars(text: str, values: dict[str, str]) -> str:
 
 class DiskStage(Stage):
     own_job: ClassVar[bool] = True
+    repro_note: ClassVar[str] = (
+        "the disk holds the root filesystems (see rootfs), and qcow2 conversion keeps "
+        "their layout")
     name: ClassVar[str] = "disk"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = DiskOptions

@@ -140,6 +140,9 @@ def install_conf(opts: IsoOptions, system_bytes: int) -> str:
 
 class IsoStage(Stage):
     own_job: ClassVar[bool] = True
+    repro_note: ClassVar[str] = (
+        "the ISO holds the root filesystem (see rootfs) and grub-mkrescue's El Torito "
+        "and FAT images, whose timestamps are not yet pinned")
     name: ClassVar[str] = "iso"
     version: ClassVar[int] = 2
     Options: ClassVar[type[StageOptions]] = IsoOptions

@@ -122,6 +122,10 @@ def disk_image_create() -> Path:
 
 class RootfsStage(Stage):
     own_job: ClassVar[bool] = True
+    repro_note: ClassVar[str] = (
+        "diskimage-builder installs the packages with the clock of the build: file times "
+        "inside the ext4 image, apt and dpkg logs and the initramfs are not yet normalised "
+        "to SOURCE_DATE_EPOCH")
     name: ClassVar[str] = "rootfs"
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = RootfsOptions

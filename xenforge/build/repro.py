@@ -1,0 +1,136 @@
+"""``xenforge build --check-repro``: build the same graph a second time in another place -
+another cache, so other work and build directories, and an empty compiler cache, so every
+object is compiled again - and compare every artifact with the first build's.
+
+A stage whose format keeps something per build that xenforge cannot pin yet says why in
+``Stage.repro_note``: its artifacts are reported as differing "as expected, because ...";
+any other difference fails the check. With diffoscope installed, each differing file gets
+the first lines of its diffoscope report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from xenforge.build.executor import Executor, Reporter
+from xenforge.cache import Cache
+from xenforge.core import run as runner
+from xenforge.core.leftovers import remove_tree
+from xenforge.export.artifacts import Artifact, export
+from xenforge.plan.graph import Graph
+from xenforge.stages import get_stage
+
+DIFFOSCOPE_LINES = 40
+
+
+class Viewer(Protocol):
+    def view(self, recipe: str) -> Graph: ...
+
+
+@dataclass
+class Difference:
+    path: str  # relative to the export dir
+    node: str
+    first: str  # sha256 of the first build's
+    second: str | None  # None: the second build has no such file
+    expected: str = ""  # why this stage's output may differ ("" : it must not)
+    diffoscope: str = ""
+
+
+@dataclass
+class ReproReport:
+    recipe: str
+    identical: list[str] = field(default_factory=list)
+    differing: list[Difference] = field(default_factory=list)
+    second_build: str = ""  # where the second export is (kept with --keep)
+
+    @property
+    def ok(self) -> bool:
+        return not [d for d in self.differing if not d.expected]
+
+    def render(self) -> str:
+        lines = [f"reproducibility of {self.recipe}: {len(self.identical)} artifacts "
+                 f"identical, {len(self.differing)} differ"]
+        for d in self.differing:
+            why = f"expected: {d.expected}" if d.expected else "NOT REPRODUCIBLE"
+            lines.append(f"  DIFFERS {d.path}  ({d.node}; {why})")
+            lines += [f"      {ln}" for ln in d.diffoscope.splitlines()]
+        for path in self.identical:
+            lines.append(f"  same    {path}")
+        return "\n".join(lines)
+
+
+def compare(first: list[Artifact], second: list[Artifact], graph: Graph, first_dir: Path,
+            second_dir: Path) -> tuple[list[str], list[Difference]]:
+    """The artifacts two exports have in common by sha256, and the ones that differ."""
+    theirs = {a.path.as_posix(): a for a in second}
+    same, differ = [], []
+    for a in first:
+        rel = a.path.as_posix()
+        other = theirs.get(rel)
+        if other is not None and other.sha256 == a.sha256:
+            same.append(rel)
+            continue
+        note = get_stage(graph.nodes[a.node].stage).repro_note
+        differ.append(Difference(rel, a.node, a.sha256, other.sha256 if other else None,
+                                 expected=note,
+                                 diffoscope=_diffoscope(first_dir / rel, second_dir / rel)
+                                 if other else ""))
+    return same, differ
+
+
+def _diffoscope(a: Path, b: Path) -> str:
+    """The first lines of diffoscope's text report ("" without diffoscope)."""
+    if shutil.which("diffoscope") is None:
+        return ""
+    res = runner.run(["diffoscope", "--no-progress", "--text", "-", "--max-report-size",
+                      "200000", a, b], check=False, capture=True, timeout=600)
+    lines = res.stdout.splitlines()
+    more = f"... ({len(lines) - DIFFOSCOPE_LINES} more lines)" if len(lines) > \
+        DIFFOSCOPE_LINES else ""
+    return "\n".join(lines[:DIFFOSCOPE_LINES] + ([more] if more else []))
+
+
+def check(graph: Graph, first: dict[str, tuple[Path, list[Artifact]]], *, views: Viewer,
+          progress: Reporter, jobs: int | None, root: Path | None = None,
+          keep: bool = False) -> list[ReproReport]:
+    """Build ``graph`` again in a fresh cache below ``root`` (default: a temporary dir
+    under /var/tmp) with an empty compiler cache, export each recipe, compare with
+    ``first`` (recipe -> its export dir and artifacts)."""
+    base = Path(tempfile.mkdtemp(prefix="xenforge-repro-", dir=root or "/var/tmp"))
+    try:
+        cache = Cache(base / "cache", ccache_dir=base / "ccache")
+        progress.line(f"second build for the reproducibility check in {base} (no compiler "
+                      "cache)")
+        results = Executor(graph, cache, progress, jobs=jobs,
+                           logs_dir=base / "logs").run()
+        failed = [r for r in results.values() if r.status == "failed"]
+        if failed:
+            raise failed[0].error or RuntimeError("the second build failed")
+        reports = []
+        for recipe, (first_dir, first_artifacts) in first.items():
+            view = views.view(recipe) if len(first) > 1 else graph
+            own = {o: results[n] for n in graph.nodes if n in results
+                   for r, o in graph.origins_of(n) if r == recipe}
+            second_dir = base / "out" / recipe
+            second = export(view, own, cache, second_dir)
+            same, differ = compare(first_artifacts, second, view, first_dir, second_dir)
+            reports.append(ReproReport(recipe, same, differ,
+                                       str(second_dir) if keep else ""))
+        return reports
+    finally:
+        if not keep:
+            with contextlib.suppress(OSError):
+                remove_tree(base)
+
+
+def write_report(reports: list[ReproReport], dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps([asdict(r) | {"ok": r.ok} for r in reports], indent=2) + "\n")
+    return dest
