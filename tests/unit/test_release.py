@@ -44,6 +44,16 @@ def _key(home: Path, uid: str, passphrase: str = "") -> str:
     return next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
 
 
+@pytest.fixture(autouse=True)
+def _no_agents_left(tmp_path: Path) -> Iterator[None]:
+    """gpg starts an agent per home; each test's homes are its own, so stop them after."""
+    yield
+    for home in [tmp_path / "gnupg", tmp_path / "other"]:
+        if home.is_dir():
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"],
+                           capture_output=True)
+
+
 @pytest.fixture
 def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path, str]:
