@@ -222,6 +222,8 @@ def cmd_verify_release(args: argparse.Namespace) -> int:
                              else None, require_signature=args.require_signature)
     for problem in verdict.problems:
         print(f"FAILED {problem}")
+    for rel in verdict.unsealed:
+        print(f"note: {rel} is not covered (test results written after the release)")
     signed = (f"signature good (key {verdict.signed_by})" if verdict.signed_by
               else "not signed")
     print(f"{args.folder}: {verdict.checked} files checked, {len(verdict.problems)} "
