@@ -87,6 +87,37 @@ def test_build_exports_every_artifact_with_checksums(out_dir: Path) -> None:
     assert verify.returncode == 0, verify.stdout
 
 
+def test_the_default_recipes_sbom_names_sources_patches_and_image_packages(
+        out_dir: Path) -> None:
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    sbom = out_dir / "sbom.spdx.json"
+    problems = validate_full_spdx_document(parse_file(str(sbom)))
+    assert not problems, [p.validation_message for p in problems[:10]]
+    doc = json.loads(sbom.read_text())
+    by_id = {p["SPDXID"]: p for p in doc["packages"]}
+    sources = {p["name"]: p for p in doc["packages"] if p["SPDXID"].startswith("SPDXRef-Source-")}
+    assert set(sources) == {"xen-4.20", "linux-6.12"}, sorted(sources)
+    for src in sources.values():  # checksum and origin: a URL or a Debian package
+        assert src["checksums"][0]["algorithm"] == "SHA256", src
+        assert src["downloadLocation"].startswith("http") or \
+            src["externalRefs"][0]["referenceLocator"].startswith("pkg:deb/debian/"), src
+    patches = {f["fileName"].removeprefix("./") for f in doc["files"]}
+    for line in ("hypervisor/patches/xen-4.20", "kernel_patches/linux-6.12"):
+        series = (REPO / line / "series").read_text().split()
+        assert {p for p in series if p.endswith(".patch")} <= patches, (line, patches)
+    rels = [(r["spdxElementId"], r["relationshipType"], r["relatedSpdxElement"])
+            for r in doc["relationships"]]
+    disk = "SPDXRef-Artifact-image-xen-host-xen-host.qcow2"
+    inside = {by_id[b]["name"] for a, kind, b in rels if a == disk and kind == "CONTAINS"}
+    installed = json.loads((out_dir / "image-xen-host" / "image-info.json").read_text())
+    for name in ("openssh-server", "qemu-system-xen", "xenforge-xen-utils", "systemd"):
+        assert name in inside, name
+    assert len(inside) >= 200, len(inside)
+    assert installed["role"] == "dom0"
+
+
 def test_booted_default_recipe_passes_the_suites(main_job: MainJob, out_dir: Path) -> None:
     assert main_job.returncode == 0, f"suites failed:\n{main_job.stdout[-4000:]}"
     junit = out_dir / "test-results" / "junit.xml"

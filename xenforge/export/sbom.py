@@ -171,6 +171,16 @@ class Builder:
             info = json.loads((out / "source.json").read_text())
             primary = next((f for f in info.get("files", [])
                             if f.get("name") == info.get("primary")), None)
+            extra: dict[str, Any] = {}
+            if info.get("package"):  # from a Debian package (binary or source)
+                extra["versionInfo"] = str(info.get("version", ""))
+                extra["externalRefs"] = [{
+                    "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
+                    "referenceLocator": f"pkg:deb/debian/{info['package']}@"
+                    f"{info.get('version', '')}" + ("?arch=all" if info.get("deb") else "")}]
+                if info.get("deb_file"):
+                    extra["sourceInfo"] = (f"{info.get('member', '')} of {info['deb_file']} "
+                                           f"(sha256 {info.get('deb_sha256', '?')})")
             self.package(
                 spdx_id("Source", node.name), name=node.name.split(":", 1)[-1],
                 downloadLocation=info.get("url") or "NOASSERTION",
@@ -180,7 +190,7 @@ class Builder:
                            if f.get("sha256")],
                 primaryPackagePurpose="SOURCE",
                 comment=f"pinned source ({info.get('kind', '?')}), node {node.name} "
-                        f"{node.id}")
+                        f"{node.id}", **extra)
         for node in self.graph.nodes.values():  # the patches applied to each source
             out = self.out(node)
             if node.stage != "tree" or out is None or not (out / "patches.json").is_file():
