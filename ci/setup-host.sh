@@ -28,6 +28,8 @@ packages=(
     dpkg-dev debhelper fakeroot lintian
     # signed releases (SHA256SUMS.asc) and the SBOM's view into images (debugfs)
     gnupg e2fsprogs
+    # --check-repro explains each artifact that differs
+    diffoscope-minimal
     # images (diskimage-builder and what it calls)
     debootstrap sudo qemu-utils e2fsprogs dosfstools mtools squashfs-tools
     parted gdisk fdisk util-linux kpartx
