@@ -79,7 +79,9 @@ def test_generated_gitlab_pipeline_shards_the_build_through_the_remote_cache(
             "--variable", "XENFORGE_REMOTE_CACHE_USER=ci",
             "--variable", "XENFORGE_REMOTE_CACHE_PASSWORD=ci-secret-pw",
             # the runners share a compiler cache (a CI cache), as this machine's builds do
-            "--variable", f"XENFORGE_CCACHE_DIR={default_root() / 'ccache'}"]
+            "--variable", f"XENFORGE_CCACHE_DIR={default_root() / 'ccache'}",
+            # a protected branch's pipeline: the one that may write the cache
+            "--variable", "CI_COMMIT_REF_PROTECTED=true"]
     try:
         runs = []
         for attempt in (1, 2):

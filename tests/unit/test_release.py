@@ -97,7 +97,7 @@ def test_a_good_release_passes(release: tuple[Path, Path, str],
 
 
 @pytest.mark.parametrize("damage", ["tamper", "remove", "add", "resum", "other-key",
-                                    "unsigned"])
+                                    "unsigned", "revoked"])
 def test_a_damaged_release_fails_naming_the_file(release: tuple[Path, Path, str],
                                                  tmp_path: Path, damage: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,6 +127,16 @@ def test_a_damaged_release_fails_naming_the_file(release: tuple[Path, Path, str]
                         "--detach-sign", "--local-user", other, "--output",
                         str(folder / "SHA256SUMS.asc"), str(folder / "SHA256SUMS")], check=True)
         want = "FAILED SHA256SUMS.asc: bad signature (no key to check it with)"
+    elif damage == "revoked":  # the signer revoked the key since: the keyring says so
+        home = tmp_path / "gnupg"
+        cert = (home / "openpgp-revocs.d" / f"{release[2]}.rev").read_text()
+        rev = tmp_path / "revoke.asc"
+        rev.write_text(cert.replace(":-----BEGIN", "-----BEGIN"))
+        subprocess.run(["gpg", "--homedir", str(home), "--batch", "--import", str(rev)],
+                       check=True, capture_output=True)
+        subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--export",
+                        "--output", str(pub), release[2]], check=True)
+        want = "FAILED SHA256SUMS.asc: bad signature (the key was revoked)"
     else:
         (folder / "SHA256SUMS.asc").unlink()
         want = "FAILED SHA256SUMS.asc: missing (the release is not signed)"
@@ -144,10 +154,14 @@ def test_a_missing_key_fails_before_building(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("GNUPGHOME", str(home))
     monkeypatch.setenv("XENFORGE_SIGNING_KEY", "nobody@example.org")
     assert cli.main(["--cache-dir", str(tmp_path / "c"), "build", str(fx / "kernel.yaml"),
-                     "--target", "tree:mini", "-o", str(tmp_path / "out")]) == 2
+                     "-o", str(tmp_path / "out")]) == 2  # a release: the key must be there
     assert "no secret key 'nobody@example.org'" in capsys.readouterr().err
     assert not (tmp_path / "c" / "objects").exists() or not any(
         (tmp_path / "c" / "objects").iterdir())
+    # a --target build (a CI shard) is no release: it goes on unsigned
+    assert cli.main(["--cache-dir", str(tmp_path / "c"), "build", str(fx / "kernel.yaml"),
+                     "--target", "tree:mini", "-o", str(tmp_path / "out")]) == 0
+    assert not (tmp_path / "out" / "mini-kernel" / "SHA256SUMS.asc").exists()
 
 
 def test_the_sbom_validates_and_names_sources_patches_and_artifacts(

@@ -63,8 +63,13 @@ def _build(fx: Path, tmp_path: Path, cache: str, srv: nginx.Nginx, *extra: str,
 
 
 def _remote_file(srv: nginx.Nginx, fx: Path, node: str, suffix: str) -> Path:
+    """The node's manifest (``.json``) or its archive (``.tar.zst``: the one it names)."""
     node_id = plan(load_recipe(fx / "kernel.yaml")).nodes[node].id
-    return srv.root / "cache" / "v1" / node_id[:2] / f"{node_id}{suffix}"
+    folder = srv.root / "cache" / "v1" / node_id[:2]
+    if suffix == ".tar.zst":
+        name = json.loads((folder / f"{node_id}.json").read_text())["archive"]["name"]
+        return folder / f"{node_id}.{name}"
+    return folder / f"{node_id}{suffix}"
 
 
 def _tree_sums(tmp_path: Path, cache: str, fx: Path) -> dict[str, str]:
@@ -222,3 +227,66 @@ def test_the_recipe_names_the_remote_cache_and_the_command_line_wins(
     out = capsys.readouterr().out
     assert "remote cache" not in out and "2 built" in out
     assert len(server.requests("HEAD")) == heads  # not asked at all
+
+
+def _forge(srv: nginx.Nginx, node_id: str, build: Path, manifest_files: dict[str, object],
+           tmp_path: Path) -> None:
+    """A hostile server's object: the archive of ``build`` (as it is) and a manifest that
+    matches the archive's sha256 and lists ``manifest_files``."""
+    import hashlib
+    import subprocess
+
+    blob = tmp_path / "forged.tar.zst"
+    subprocess.run(["tar", "--zstd", "-c", "--format=posix", "-f", str(blob), "-C", str(build),
+                    *sorted(p.name for p in build.iterdir())], check=True)
+    digest = hashlib.sha256(blob.read_bytes()).hexdigest()
+    folder = srv.root / "cache" / "v1" / node_id[:2]
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{digest[:16]}.tar.zst"
+    (folder / f"{node_id}.{name}").write_bytes(blob.read_bytes())
+    (folder / f"{node_id}.json").write_text(json.dumps({
+        "id": node_id, "node": "tree:mini", "stage": "tree", "records": 2,
+        "files": manifest_files,
+        "archive": {"name": name, "sha256": digest, "size": blob.stat().st_size}}))
+
+
+@pytest.mark.parametrize("attack", ["symlink-beside-out", "fifo-as-file", "unlisted-device",
+                                    "setuid", "absolute-member"])
+def test_a_hostile_archive_is_refused_and_touches_nothing(
+        fx: Path, tmp_path: Path, server: nginx.Nginx, attack: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from xenforge.cache.store import file_records
+
+    node_id = plan(load_recipe(fx / "kernel.yaml")).nodes["tree:mini"].id
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    build = tmp_path / "forge"
+    (build / "out" / "tree").mkdir(parents=True)
+    (build / "out" / "tree" / "Makefile").write_text("all:\n")
+    records = file_records(build / "out")
+    if attack == "symlink-beside-out":  # adopt() would write the manifest through it
+        (build / "manifest.tmp").symlink_to(victim)
+        want = "holds 'manifest.tmp'"
+    elif attack == "fifo-as-file":  # hashing it would block for ever
+        os.mkfifo(build / "out" / "tree" / "fifo")
+        records["tree/fifo"] = {"size": 0, "mtime_ns": 0, "sha256": "0" * 64, "mode": 0o644,
+                                "uid": 0, "gid": 0}
+        want = "tree/fifo: a fifo, not a regular file"
+    elif attack == "unlisted-device":  # a stage reading its input would read the device
+        os.mknod(build / "out" / "tree" / "disk", 0o600 | 0o060000, os.makedev(1, 3))
+        want = "tree/disk: not in the manifest"
+    elif attack == "setuid":
+        (build / "out" / "tree" / "Makefile").chmod(0o4755)
+        want = "tree/Makefile: mode or owner changed"
+    else:  # tar strips the leading "/": it lands beside out/ and is refused
+        (build / "etc").mkdir()
+        (build / "etc" / "evil").write_text("x")
+        want = "holds 'etc'"
+    _forge(server, node_id, build, records, tmp_path)
+    code, out = _build(fx, tmp_path, "b", server, "--remote-cache-read-only", capsys=capsys)
+    assert code == 0, out
+    assert "damaged remote object tree:mini" in out and want in out, out
+    assert "built  tree:mini" in out  # built here instead
+    assert victim.read_text() == "precious\n"
+    manifest = tmp_path / "b" / "objects" / node_id[:2] / node_id / "manifest.json"
+    assert not manifest.is_symlink() and "fetched_from" not in manifest.read_text()

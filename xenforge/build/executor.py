@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from xenforge.cache import Cache
-from xenforge.cache.remote import RemoteCache, RemoteError
+from xenforge.cache.remote import RemoteCache
 from xenforge.core import run as runner
 from xenforge.core.errors import CommandFailed, InputError, StageFailed, XenforgeError
 from xenforge.core.files import note
@@ -155,6 +155,14 @@ class Executor:
                       heavy_running: set[cf.Future[NodeResult]]) -> None:
         """Start every pending node whose (early) inputs are done; one heavy build at most."""
         for name, node in list(pending.items()):
+            gone = [d for d in node.deps() if d not in self.graph.nodes]
+            if gone and not self.cache.has(node.id):  # its object vanished since resolve
+                del pending[name]
+                self._record(NodeResult(name, node.id, "failed", error=StageFailed(
+                    name, f"its object left the cache during the build, and its input "
+                    f"{gone[0]} was not planned", hint="build again (`xenforge cache gc` "
+                    "must not run while a build does)")))
+                continue
             if not self._ready(node):
                 continue
             heavy = get_stage(node.stage).heavy and not self.cache.has(node.id)
@@ -220,8 +228,8 @@ class Executor:
             return
         try:
             took = self.remote.push(node.id, self.cache.store)
-        except (RemoteError, OSError) as exc:
-            text = exc.render() if isinstance(exc, RemoteError) else str(exc)
+        except (XenforgeError, OSError) as exc:  # RemoteError, or tar failing
+            text = exc.render() if isinstance(exc, XenforgeError) else str(exc)
             self.progress.line(f"upload of {node.name} to the remote cache failed: {text}")
             return
         self.progress.line(f"uploaded {node.name}  {node.id[:12]}: "

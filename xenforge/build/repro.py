@@ -37,7 +37,7 @@ class Viewer(Protocol):
 class Difference:
     path: str  # relative to the export dir
     node: str
-    first: str  # sha256 of the first build's
+    first: str  # sha256 of the first build's ("": it has no such file)
     second: str | None  # None: the second build has no such file
     expected: str = ""  # why this stage's output may differ ("" : it must not)
     diffoscope: str = ""
@@ -79,9 +79,14 @@ def compare(first: list[Artifact], second: list[Artifact], graph: Graph, first_d
             continue
         note = get_stage(graph.nodes[a.node].stage).repro_note
         differ.append(Difference(rel, a.node, a.sha256, other.sha256 if other else None,
-                                 expected=note,
+                                 expected=note if other else "",  # missing: never expected
                                  diffoscope=_diffoscope(first_dir / rel, second_dir / rel)
-                                 if other else ""))
+                                 if other else "the second build does not have it"))
+    mine = {a.path.as_posix() for a in first}
+    for b in second:  # made by the second build only
+        if b.path.as_posix() not in mine:
+            differ.append(Difference(b.path.as_posix(), b.node, "", b.sha256,
+                                     diffoscope="only the second build has it"))
     return same, differ
 
 

@@ -30,6 +30,7 @@ class Liner(Protocol):
 class Resolution:
     graph: Graph  # what the executor runs: the nodes not "unneeded"
     state: dict[str, State]
+    remote: RemoteCache | None = None  # the remote, if it answered (uploads go there)
     fetched: dict[str, str] = field(default_factory=dict)  # node -> how it was fetched
     #: local objects the remote lacks (the executor uploads them)
     push: set[str] = field(default_factory=set)
@@ -39,13 +40,14 @@ class Resolution:
 def states(graph: Graph, local: set[str], remote: Mapping[str, bool],
            targets: list[str] | None = None) -> dict[str, State]:
     """Each node's state, given the node names cached locally and the remote's answer by
-    node name. Wanted are the ``targets``, or else the nodes with artifacts to export and
-    the graph's ends; a node to build needs its inputs; a cached node (local or remote)
-    needs nothing."""
+    node name. Wanted are the ``targets``, or else the nodes with artifacts to export, the
+    graph's ends and the pinned sources (the SBOM reads them); a node to build needs its
+    inputs; a cached node (local or remote) needs nothing."""
     consumed = {dep for n in graph.nodes.values() for dep in n.deps()}
-    need = set(targets) if targets else {
+    need = set(targets) if targets else {  # the sources too: the SBOM describes them
         n.name for n in graph.nodes.values()
-        if (n.export and get_stage(n.stage).artifacts) or n.name not in consumed}
+        if (n.export and get_stage(n.stage).artifacts) or n.name not in consumed
+        or n.stage == "source"}
     state: dict[str, State] = {}
     for node in reversed(graph.nodes.values()):  # consumers before their inputs
         if node.name in local:
@@ -60,8 +62,21 @@ def states(graph: Graph, local: set[str], remote: Mapping[str, bool],
     return {name: state[name] for name in graph.nodes}
 
 
-def local_nodes(graph: Graph, cache: Cache) -> set[str]:
-    return {n.name for n in graph.nodes.values() if cache.has(n.id)}
+def local_nodes(graph: Graph, cache: Cache, *, check: bool = False) -> set[str]:
+    """The nodes in the local store; with ``check`` each is verified (sizes and mtimes,
+    sha256 where they differ) and a damaged one taken out, so that it counts as missing
+    (and its inputs as needed)."""
+    local = set()
+    for node in graph.nodes.values():
+        if not cache.has(node.id):
+            continue
+        if check and cache.verified(node.id):
+            with cache.lock(node.id):
+                if cache.verified(node.id):
+                    cache.discard(node.id)
+                    continue
+        local.add(node.name)
+    return local
 
 
 def remote_nodes(graph: Graph, remote: RemoteCache | None) -> dict[str, bool]:
@@ -84,6 +99,7 @@ def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
     available = dict(on_remote)
     fetched: dict[str, str] = {}
     damaged: list[str] = []
+    local_nodes(graph, cache, check=True)  # a damaged local object is no object
     while True:
         state = states(graph, local_nodes(graph, cache), available, targets)
         todo = [name for name, s in state.items() if s == "remote" and name not in fetched]
@@ -104,8 +120,9 @@ def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
                               "here" + ("" if remote.writable else " (read-only: the remote "
                                         "copy stays)"))
                 available[name] = False
-            except RemoteError as exc:
-                progress.line(f"cannot fetch {name} from the remote cache: {exc.message}; "
+            except (RemoteError, OSError) as exc:
+                why = exc.message if isinstance(exc, RemoteError) else str(exc)
+                progress.line(f"cannot fetch {name} from the remote cache: {why}; "
                               "building it here")
                 available[name] = False
     keep = {name for name, s in state.items() if s != "unneeded"}
@@ -113,5 +130,5 @@ def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
     if remote is not None and remote.writable:
         push = {name for name in keep
                 if state[name] == "local" and not on_remote.get(name) and name not in fetched}
-    return Resolution(graph=graph.subset(keep), state=state, fetched=fetched, push=push,
-                      damaged=damaged)
+    return Resolution(graph=graph.subset(keep), state=state, remote=remote, fetched=fetched,
+                      push=push, damaged=damaged)

@@ -4,15 +4,21 @@ objects of many runners, and one runner's work is never repeated on another.
 
 Layout below the cache URL::
 
-    v1/ab/<id>.tar.zst     the object: out/ and log, a POSIX tar (sparse files kept), zstd
-    v1/ab/<id>.json        its manifest: the local one plus the archive's size and sha256
+    v1/ab/<id>.<sha>.tar.zst  the object: out/ and log, a POSIX tar (sparse files kept),
+                              zstd; named by (a prefix of) its own sha256
+    v1/ab/<id>.json           its manifest: the local one plus the archive's name, size
+                              and sha256
 
 Both are uploaded to a temporary name and moved into place (WebDAV MOVE; a server without
 MOVE gets a plain PUT to the final name), the manifest last: an object without a manifest
-does not exist for a reader. A download is checked against the manifest twice - the
-archive's sha256 as it arrives, then every extracted file's sha256 - and one that fails is
-never used: the node is built locally and the damaged copy reported (and replaced, unless
-read-only).
+does not exist for a reader, and two runners uploading the same node at once each leave a
+consistent pair (the last manifest names its own archive). Only ``out/`` and ``log`` may
+be in an archive, and nothing in it may be other than its manifest lists (kind, size,
+sha256, mode, owner): the checks are for integrity; who may write the cache is the
+server's to enforce (give untrusted jobs read-only credentials). A download is checked
+against the manifest twice - the archive's sha256 as it arrives, then every extracted
+file - and one that fails is never used: the node is built locally and the damaged copy
+reported (and replaced, unless read-only).
 
 Credentials come from ``XENFORGE_REMOTE_CACHE_TOKEN`` (a bearer token),
 ``XENFORGE_REMOTE_CACHE_USER``/``XENFORGE_REMOTE_CACHE_PASSWORD`` (basic) or a netrc
@@ -25,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
+import stat
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -36,7 +44,7 @@ from typing import Any
 
 import requests
 
-from xenforge.cache.store import LocalStore, verify_files
+from xenforge.cache.store import RECORDS, LocalStore, verify_files
 from xenforge.core import run as runner
 from xenforge.core.errors import InputError, XenforgeError
 from xenforge.core.leftovers import remove_tree
@@ -52,6 +60,7 @@ PASSWORD_VAR = "XENFORGE_REMOTE_CACHE_PASSWORD"
 
 LAYOUT = "v1"
 CHUNK = 1 << 20
+MAX_MANIFEST = 256 << 20  # a buildroot's manifest is a few MiB
 #: connect and idle-read timeouts of every request (seconds)
 TIMEOUT = (10.0, 120.0)
 RETRIES = 3
@@ -97,14 +106,14 @@ class RemoteSettings:
 def check_url(url: str, source: str) -> str:
     """An http(s) URL without credentials, ending with a slash."""
     parts = urllib.parse.urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{source}: {url!r} is not an http:// or https:// URL",
-                         hint="e.g. https://cache.example.org/xenforge/")
-    if parts.username is not None or parts.password is not None:
+    if "@" in parts.netloc:  # before anything echoes the URL
         raise InputError(f"{source}: the URL holds credentials (they would show in logs "
                          "and in the process list)",
                          hint=f"put them in ~/.netrc (or $NETRC), or set {USER_VAR} and "
                          f"{PASSWORD_VAR} (or {TOKEN_VAR})")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{source}: {url!r} is not an http:// or https:// URL",
+                         hint="e.g. https://cache.example.org/xenforge/")
     if parts.query or parts.fragment or any(c in url for c in "\n\r\t\0 "):
         raise InputError(f"{source}: {url!r} has a query, fragment or whitespace",
                          hint="give the cache's base URL only")
@@ -210,21 +219,28 @@ class RemoteCache:
         """Download the object, verify it and put it into ``store``. DamagedObject when the
         remote copy is missing pieces, truncated or altered (nothing is stored then)."""
         start = time.monotonic()
-        resp = self._request("GET", self._url(node_id, ".json"), ok=(200, 404))
-        if resp.status_code == 404:
-            raise DamagedObject(f"remote object {node_id[:12]} has no manifest")
-        manifest = _remote_manifest(node_id, resp.content)
+        resp = self._request("GET", self._url(node_id, ".json"), ok=(200, 404), stream=True)
+        with resp:
+            if resp.status_code == 404:
+                raise DamagedObject(f"remote object {node_id[:12]} has no manifest")
+            body = resp.raw.read(MAX_MANIFEST + 1, decode_content=True)
+        if len(body) > MAX_MANIFEST:
+            raise DamagedObject(f"remote object {node_id[:12]}: its manifest is over "
+                                f"{MAX_MANIFEST >> 20} MiB")
+        manifest = _remote_manifest(node_id, body)
         archive = manifest.pop("archive")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         staging = self.tmp_dir / f"{node_id}.fetch.{os.getpid()}.{secrets.token_hex(4)}"
         blob = staging.with_name(staging.name + ".tar.zst")
         try:
             staging.mkdir()
-            resp = self._request("GET", self._url(node_id, ".tar.zst"), ok=(200, 404),
-                                 stream=True)
-            if resp.status_code == 404:
-                raise DamagedObject(f"remote object {node_id[:12]}: its archive is missing")
-            digest, size = _save(resp, blob)
+            resp = self._request("GET", self._url(node_id, f".{archive['name']}"),
+                                 ok=(200, 404), stream=True)
+            with resp:
+                if resp.status_code == 404:
+                    raise DamagedObject(f"remote object {node_id[:12]}: its archive is "
+                                        "missing")
+                digest, size = _save(resp, blob, limit=archive["size"])
             if size != archive["size"]:
                 raise DamagedObject(f"remote object {node_id[:12]}: the archive has {size} "
                                     f"bytes, its manifest says {archive['size']} (truncated?)")
@@ -237,6 +253,7 @@ class RemoteCache:
             if res.returncode != 0:
                 raise DamagedObject(f"remote object {node_id[:12]}: its archive does not "
                                     "extract")
+            _check_top(node_id, staging)
             problems = verify_files(staging / "out", manifest["files"], full=True)
             if problems:
                 raise DamagedObject(f"remote object {node_id[:12]}: {problems[0]}")
@@ -265,10 +282,11 @@ class RemoteCache:
                        log=self.log, env={"ZSTD_CLEVEL": "3", "ZSTD_NBTHREADS": "0"})
             size = blob.stat().st_size
             digest = _sha256(blob)
+            name = f"{digest[:16]}.tar.zst"
             sent = time.monotonic()
-            self._put(self._url(node_id, ".tar.zst"), blob)
+            self._put(self._url(node_id, f".{name}"), blob)
             record = {k: v for k, v in manifest.items() if k != "fetched_from"}
-            record["archive"] = {"sha256": digest, "size": size}
+            record["archive"] = {"name": name, "sha256": digest, "size": size}
             self._put_bytes(self._url(node_id, ".json"),
                             json.dumps(record, indent=2, sort_keys=True).encode())
             now = time.monotonic()
@@ -299,12 +317,23 @@ class RemoteCache:
             self._request("DELETE", src, ok=(200, 202, 204, 404, 405))
 
 
+class _Bearer(requests.auth.AuthBase):
+    """A bearer token (as ``auth``, so that no netrc entry replaces it)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self.token}"
+        return r
+
+
 def _session() -> requests.Session:
     s = requests.Session()
     token = os.environ.get(TOKEN_VAR)
     user = os.environ.get(USER_VAR)
     if token:
-        s.headers["Authorization"] = f"Bearer {token}"
+        s.auth = _Bearer(token)
     elif user:
         s.auth = (user, os.environ.get(PASSWORD_VAR, ""))
     # otherwise requests reads $NETRC or ~/.netrc for the host (trust_env)
@@ -317,16 +346,32 @@ def _remote_manifest(node_id: str, body: bytes) -> dict[str, Any]:
     except ValueError:
         raise DamagedObject(f"remote object {node_id[:12]}: its manifest is not JSON") from None
     ok = (isinstance(data, dict) and data.get("id") == node_id
+          and data.get("records") == RECORDS
           and isinstance(data.get("files"), dict) and isinstance(data.get("archive"), dict)
           and isinstance(data["archive"].get("sha256"), str)
-          and isinstance(data["archive"].get("size"), int))
+          and isinstance(data["archive"].get("size"), int)
+          and re.fullmatch(r"[0-9a-f]{16}\.tar\.zst", str(data["archive"].get("name"))))
     if not ok:
         raise DamagedObject(f"remote object {node_id[:12]}: its manifest is not one of an "
                             "object (wrong id or shape)")
     return dict(data)
 
 
-def _save(resp: requests.Response, dest: Path) -> tuple[str, int]:
+def _check_top(node_id: str, staging: Path) -> None:
+    """An archive holds a real directory ``out`` and maybe a regular file ``log``, no more."""
+    for entry in staging.iterdir():
+        st = entry.lstat()
+        ok = (entry.name == "out" and stat.S_ISDIR(st.st_mode)) or (
+            entry.name == "log" and stat.S_ISREG(st.st_mode))
+        if not ok:
+            raise DamagedObject(f"remote object {node_id[:12]}: its archive holds "
+                                f"{entry.name!r}, which an object may not")
+    if not (staging / "out").is_dir():
+        raise DamagedObject(f"remote object {node_id[:12]}: its archive has no out/")
+
+
+def _save(resp: requests.Response, dest: Path, *, limit: int) -> tuple[str, int]:
+    """Write the body to ``dest``; stop reading once it is longer than ``limit``."""
     h = hashlib.sha256()
     size = 0
     try:
@@ -335,6 +380,8 @@ def _save(resp: requests.Response, dest: Path) -> tuple[str, int]:
                 runner.check_cancelled()
                 h.update(chunk)
                 size += len(chunk)
+                if size > limit:
+                    break
                 f.write(chunk)
     except requests.RequestException as exc:
         raise DamagedObject(f"download of {resp.url} broke off: {_reason(exc)}") from None

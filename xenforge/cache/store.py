@@ -98,7 +98,9 @@ class LocalStore(Store):
         records = manifest.get("files")
         if not isinstance(records, dict):
             return []  # an object of an older xenforge: nothing to compare with
-        return verify_files(self.out(node_id), records, full=full)
+        version = manifest.get("records", 1)
+        return verify_files(self.out(node_id), records, full=full,
+                            version=version if isinstance(version, int) else 1)
 
     def out(self, node_id: str) -> Path:
         return self.object_dir(node_id) / "out"
@@ -117,7 +119,8 @@ class LocalStore(Store):
         """Write the manifest and move ``staging`` into the store atomically. The outputs
         reach the disk before the manifest does, and the rename before this returns, so
         not even a power loss leaves a manifest over empty files."""
-        return self.adopt(node_id, staging, {**manifest, "files": file_records(staging / "out")})
+        return self.adopt(node_id, staging, {**manifest, "records": RECORDS,
+                                             "files": file_records(staging / "out")})
 
     def _place(self, node_id: str, staging: Path) -> Path:
         """Move a complete staging dir (manifest written) into the store."""
@@ -140,11 +143,13 @@ class LocalStore(Store):
         caller verified), atomically."""
         _syncfs(staging)
         mf = staging / "manifest.json"
-        with open(mf.with_suffix(".tmp"), "w") as f:
+        tmp = mf.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        os.rename(mf.with_suffix(".tmp"), mf)
+        os.rename(tmp, mf)
         return self._place(node_id, staging)
 
     def entries(self) -> list[Entry]:
@@ -173,44 +178,78 @@ class LocalStore(Store):
         return self.objects_dir.glob("*/*")
 
 
+#: the manifest's ``records`` version: 2 records every file's mode and owner and the
+#: special files (a buildroot's /dev); objects of version 1 are checked as they were made
+RECORDS = 2
+
+
 def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Regular files and symlinks below ``root`` (relative path, lstat); devices, FIFOs and
-    sockets (a buildroot's /dev) are not content and are left out."""
+    """Every entry below ``root`` that is not a directory (relative path, lstat): regular
+    files, symlinks (to directories too) and special files."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames + [d for d in dirnames
                                         if os.path.islink(os.path.join(dirpath, d))]):
             path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                yield os.path.relpath(path, root), st
+            yield os.path.relpath(path, root), os.lstat(path)
 
 
-def verify_files(out: Path, records: dict[str, Any], *, full: bool = False) -> list[str]:
-    """What is wrong with the files below ``out`` compared with their manifest ``records``
-    ([]: nothing): missing, resized, changed (sha256; only when size or mtime differ unless
-    ``full``), a changed symlink, a file the manifest does not list."""
+def _kind(st: os.stat_result) -> str:
+    mode = st.st_mode
+    return ("file" if stat.S_ISREG(mode) else "link" if stat.S_ISLNK(mode) else
+            "chr" if stat.S_ISCHR(mode) else "blk" if stat.S_ISBLK(mode) else
+            "fifo" if stat.S_ISFIFO(mode) else "sock")
+
+
+def _special(st: os.stat_result) -> str:
+    return f"{_kind(st)} {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def _owner(st: os.stat_result) -> dict[str, int]:
+    return {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+
+
+def verify_files(out: Path, records: dict[str, Any], *, full: bool = False,
+                 version: int = RECORDS) -> list[str]:
+    """What is wrong with the entries below ``out`` compared with their manifest
+    ``records`` ([]: nothing): missing, of another kind (a FIFO where a file was), resized,
+    changed (sha256; only when size or mtime differ unless ``full``), another mode or
+    owner, a changed symlink or device, an entry the manifest does not list. ``version``
+    1: the records of an older xenforge (no modes, no special files)."""
     problems = []
-    present = {rel for rel, _ in _walk(out)}
+    present = {rel for rel, st in _walk(out) if version >= 2 or _kind(st) in ("file", "link")}
     for rel, rec in records.items():
         if not isinstance(rec, dict):
             problems.append(f"{rel}: bad record")
             continue
         path = out / rel
-        if "link" in rec:
-            if not path.is_symlink() or os.readlink(path) != rec["link"]:
-                problems.append(f"{rel}: the symlink changed")
-            continue
         try:
             st = path.lstat()
         except OSError:
             problems.append(f"{rel}: missing")
             continue
-        if st.st_size != rec.get("size"):
+        kind = _kind(st)
+        want = "link" if "link" in rec else "special" if "special" in rec else "file"
+        if want == "link":
+            if kind != "link" or os.readlink(path) != rec["link"]:
+                problems.append(f"{rel}: the symlink changed")
+            continue
+        if want == "special":
+            if kind in ("file", "link") or _special(st) != rec["special"]:
+                problems.append(f"{rel}: not the special file {rec['special']}")
+        elif kind != "file":
+            problems.append(f"{rel}: a {kind}, not a regular file")
+            continue
+        elif st.st_size != rec.get("size"):
             problems.append(f"{rel}: {st.st_size} bytes, not {rec.get('size')}")
+            continue
         elif (full or st.st_mtime_ns != rec.get("mtime_ns")) and \
                 sha256_file(path) != rec.get("sha256"):
             problems.append(f"{rel}: its content changed (sha256)")
+            continue
+        if version >= 2 and _owner(st) != {k: rec.get(k) for k in ("mode", "uid", "gid")}:
+            problems.append(f"{rel}: mode or owner changed ({oct(stat.S_IMODE(st.st_mode))} "
+                            f"{st.st_uid}:{st.st_gid})")
     extra = sorted(present - set(records))
     if extra:
         problems.append(f"{extra[0]}: not in the manifest")
@@ -218,14 +257,18 @@ def verify_files(out: Path, records: dict[str, Any], *, full: bool = False) -> l
 
 
 def file_records(out: Path) -> dict[str, dict[str, Any]]:
-    """Every file of an object's ``out/``: size, mtime and sha256 (a symlink: its target)."""
+    """Every entry of an object's ``out/``: a file's size, mtime, sha256, mode and owner; a
+    symlink's target; a special file's kind and device, mode and owner."""
     records: dict[str, dict[str, Any]] = {}
     for rel, st in _walk(out):
-        if stat.S_ISLNK(st.st_mode):
+        kind = _kind(st)
+        if kind == "link":
             records[rel] = {"link": os.readlink(out / rel)}
-        else:
+        elif kind == "file":
             records[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                            "sha256": sha256_file(out / rel)}
+                            "sha256": sha256_file(out / rel), **_owner(st)}
+        else:
+            records[rel] = {"special": _special(st), **_owner(st)}
     return records
 
 

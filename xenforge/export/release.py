@@ -118,6 +118,9 @@ def verify_release(folder: Path, *, keyring: Path | None = None,
     list."""
     verdict = Verdict(folder)
     sums = folder / SUMS
+    if keyring is not None and not keyring.is_file():
+        raise InputError(f"keyring {keyring} is not a file",
+                         hint="export the signer's key: gpg --export KEY > signer.pub")
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder", hint="give a release folder "
                          "(out/RECIPE)")
@@ -156,19 +159,39 @@ def verify_release(folder: Path, *, keyring: Path | None = None,
 
 def _check_signature(signature: Path, sums: Path, keyring: Path | None,
                      verdict: Verdict) -> str | None:
+    """The fingerprint of the key that made a good signature of ``sums``, else None (with
+    the reason in ``verdict``). Good means: every signature in the file verifies
+    (VALIDSIG), none by a revoked or expired key or expired itself, and the key is one the
+    caller trusts - in ``keyring`` (a throwaway home with only that keyring), or without
+    one, a key of full or ultimate trust in the user's keyring."""
     with tempfile.TemporaryDirectory(prefix="xenforge-gpg-") as home:
         argv: list[str | Path] = ["gpg", "--batch", "--status-fd", "1"]
         if keyring is not None:  # that keyring only, not the user's
-            argv += ["--homedir", home, "--no-default-keyring", "--keyring",
-                     keyring.absolute()]
+            ring = Path(home) / "trusted.gpg"
+            dearmor = runner.run(["gpg", "--batch", "--homedir", home, "--yes", "--dearmor",
+                                  "--output", ring, keyring], check=False, capture=True)
+            if dearmor.returncode != 0 and keyring.read_bytes()[:1] != b"-":
+                ring.write_bytes(keyring.read_bytes())  # already binary
+            argv += ["--homedir", home, "--no-default-keyring", "--keyring", ring,
+                     "--trust-model", "always"]
         res = runner.run([*argv, "--verify", signature, sums], check=False, capture=True,
                          inherit_env=True)
-    status = res.stdout
-    lines = status.splitlines()
-    good = [ln.split() for ln in lines if ln.startswith("[GNUPG:] VALIDSIG ")]  # fingerprint
-    if res.returncode != 0 or not good:
-        why = "it does not match SHA256SUMS" if "BADSIG" in status else \
-            "no key to check it with" if "NO_PUBKEY" in status else "gpg rejected it"
+        if keyring is not None:
+            runner.run(["gpgconf", "--homedir", home, "--kill", "all"], check=False,
+                       capture=True)
+    words = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("[GNUPG:] ")]
+    codes = [w[1] for w in words if len(w) > 1]
+    valid = [w[2] for w in words if len(w) > 2 and w[1] == "VALIDSIG"]
+    bad = {"BADSIG": "it does not match SHA256SUMS", "NO_PUBKEY": "no key to check it with",
+           "REVKEYSIG": "the key was revoked", "EXPKEYSIG": "the key has expired",
+           "EXPSIG": "the signature has expired", "ERRSIG": "gpg could not check it"}
+    why = next((text for code, text in bad.items() if code in codes), None)
+    if why is None and (res.returncode != 0 or not valid
+                        or codes.count("NEWSIG") > len(valid)):
+        why = "gpg rejected it"
+    if why is None and keyring is None and not {"TRUST_FULLY", "TRUST_ULTIMATE"} & set(codes):
+        why = "the key is not one you trust (give the signer's key with --keyring)"
+    if why is not None:
         verdict.problems.append(f"{SIGNATURE}: bad signature ({why})")
         return None
-    return good[0][2]
+    return valid[0]

@@ -24,6 +24,7 @@ from xenforge import __version__
 from xenforge.build.executor import NodeResult
 from xenforge.core import run as runner
 from xenforge.core.hashing import sha256_file
+from xenforge.lib.patches import read_series
 from xenforge.plan.graph import Graph, Node
 
 SBOM = "sbom.spdx.json"
@@ -142,6 +143,9 @@ class Builder:
         self.relationships: list[dict[str, str]] = []
         self._ids: set[str] = set()
 
+    def element_ids(self) -> set[str]:
+        return {p["SPDXID"] for p in self.packages} | {f["SPDXID"] for f in self.files}
+
     def relate(self, a: str, kind: str, b: str) -> None:
         rel = {"spdxElementId": a, "relationshipType": kind, "relatedSpdxElement": b}
         if rel not in self.relationships:
@@ -192,26 +196,23 @@ class Builder:
                 comment=f"pinned source ({info.get('kind', '?')}), node {node.name} "
                         f"{node.id}", **extra)
         for node in self.graph.nodes.values():  # the patches applied to each source
-            out = self.out(node)
-            if node.stage != "tree" or out is None or not (out / "patches.json").is_file():
-                continue
             folder = node.files.get("patches")
-            for patch in json.loads((out / "patches.json").read_text()):
-                path = Path(folder) / patch["name"] if isinstance(folder, Path) else None
-                checksums = [{"algorithm": "SHA256", "checksumValue": patch["sha256"]}]
-                if path is not None and path.is_file() and sha256_file(path) == \
-                        patch["sha256"]:
-                    checksums.insert(0, {"algorithm": "SHA1", "checksumValue": _sha1(path)})
-                else:
-                    continue  # the patch file changed since the build: not described
-                ident = spdx_id("Patch", node.name, patch["name"])
+            if node.stage != "tree" or not isinstance(folder, Path) or not folder.is_dir():
+                continue
+            for entry in read_series(folder):  # the series the node's id hashed
+                path = folder / entry.name
+                if not path.is_file():
+                    continue
+                ident = spdx_id("Patch", node.name, entry.name)
                 if ident not in self._ids:
                     self._ids.add(ident)
-                    self.files.append({"SPDXID": ident, "fileName": f"./{patch['name']}",
-                                       "checksums": checksums, "fileTypes": ["TEXT"],
-                                       "licenseConcluded": "NOASSERTION",
-                                       "copyrightText": "NOASSERTION",
-                                       "comment": f"applied to {node.name}"})
+                    self.files.append({
+                        "SPDXID": ident, "fileName": f"./{entry.name}",
+                        "checksums": [{"algorithm": "SHA1", "checksumValue": _sha1(path)},
+                                      {"algorithm": "SHA256",
+                                       "checksumValue": sha256_file(path)}],
+                        "fileTypes": ["TEXT"], "licenseConcluded": "NOASSERTION",
+                        "copyrightText": "NOASSERTION", "comment": f"applied to {node.name}"})
                 for src in self.upstream_sources(node.name):
                     self.relate(ident, "PATCH_APPLIED", spdx_id("Source", src))
 
@@ -269,8 +270,28 @@ class Builder:
             contents[node.name] = ids
         return contents
 
+    def listed_packages(self, node: Node, release: str) -> list[str]:
+        """The dom0 packages an image's info file lists (names and versions only)."""
+        out = self.out(node)
+        info: dict[str, Any] = next(
+            (json.loads(p.read_text()) for p in sorted(out.glob("*-info.json"))),
+            {}) if out is not None else {}
+        ids = []
+        for name, version in sorted((info.get("packages") or {}).items()):
+            purl = f"pkg:deb/debian/{name}@{version}?distro={release}"
+            ids.append(self.package(
+                spdx_id("Debian", name, version), name=name, versionInfo=version,
+                supplier="Organization: Debian", licenseDeclared="NOASSERTION",
+                licenseConcluded="NOASSERTION",
+                licenseComments="from the image's package list (its root filesystem was "
+                "not at hand)",
+                externalRefs=[{"referenceCategory": "PACKAGE-MANAGER",
+                               "referenceType": "purl", "referenceLocator": purl}],
+                primaryPackagePurpose="LIBRARY"))
+        return ids
+
     def artifacts(self, artifacts: list[Any], export_dir: Path,
-                  contents: dict[str, list[str]]) -> list[str]:
+                  contents: dict[str, list[str]], release: str) -> list[str]:
         described = []
         for a in artifacts:
             node = self.graph.nodes[a.node]
@@ -286,9 +307,14 @@ class Builder:
             for src in self.upstream_sources(node.name):
                 self.relate(ident, "GENERATED_FROM", spdx_id("Source", src))
             if a.path.suffix in (".raw", ".qcow2", ".iso", ".ext4"):
-                for up in sorted(self.graph.upstream(node.name)):
-                    for pkg in contents.get(up, []):
-                        self.relate(ident, "CONTAINS", pkg)
+                ups = [u for u in sorted(self.graph.upstream(node.name))
+                       if self.graph.nodes[u].stage == "rootfs"]
+                if all(u in contents for u in ups):
+                    inside = [pkg for u in ups for pkg in contents[u]]
+                else:  # the root filesystems are not here (a CI release job fetched only
+                    inside = self.listed_packages(node, release)  # the exports): the info
+                for pkg in inside:
+                    self.relate(ident, "CONTAINS", pkg)
         return described
 
 
@@ -299,7 +325,7 @@ def write_sbom(dest: Path, graph: Graph, results: dict[str, NodeResult],
     b.sources()
     built = b.built_debs()
     contents = b.image_contents(built, release)
-    described = b.artifacts(artifacts, dest, contents) or [  # nothing exported: the sources
+    described = b.artifacts(artifacts, dest, contents, release) or [  # else the sources
         p["SPDXID"] for p in b.packages if p["SPDXID"].startswith("SPDXRef-Source-")]
     ids = "-".join(sorted(n.id[:12] for n in graph.nodes.values()))
     namespace = f"{NAMESPACE}/{recipe}-{hashlib.sha256(ids.encode()).hexdigest()[:32]}"
@@ -312,7 +338,9 @@ def write_sbom(dest: Path, graph: Graph, results: dict[str, NodeResult],
         "hasExtractedLicensingInfos": extracted_licenses(b.packages),
         "relationships": [{"spdxElementId": "SPDXRef-DOCUMENT",
                            "relationshipType": "DESCRIBES", "relatedSpdxElement": d}
-                          for d in described] + b.relationships,
+                          for d in described] + [
+            r for r in b.relationships  # only between elements the document has
+            if {r["spdxElementId"], r["relatedSpdxElement"]} <= b.element_ids()],
     }
     path = dest / SBOM
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

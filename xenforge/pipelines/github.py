@@ -1,6 +1,7 @@
 """A GitHub Actions workflow for a :class:`~xenforge.pipelines.jobs.Pipeline`: the same jobs
 and ``needs`` as the GitLab pipeline; the release jobs upload the artifacts (and JUnit
-reports). Pull requests read the remote cache only (and get no secrets from forks)."""
+reports). Only pushes to the default branch write the remote cache; pull requests and
+other branches read it (and pull requests from forks get no secrets)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ def render(pipe: Pipeline, *, header: str, runs_on: list[str]) -> str:
         "XENFORGE_REMOTE_CACHE": pipe.remote_cache or "${{ secrets.XENFORGE_REMOTE_CACHE }}",
         "XENFORGE_REMOTE_CACHE_USER": "${{ secrets.XENFORGE_REMOTE_CACHE_USER }}",
         "XENFORGE_REMOTE_CACHE_PASSWORD": "${{ secrets.XENFORGE_REMOTE_CACHE_PASSWORD }}",
+        # only pushes to the default branch write the cache
         "XENFORGE_REMOTE_CACHE_READ_ONLY":
-            "${{ github.event_name == 'pull_request' && '1' || '0' }}",
+            "${{ (github.event_name == 'push' && github.ref == format('refs/heads/{0}', "
+            "github.event.repository.default_branch)) && '0' || '1' }}",
     }
     jobs: dict[str, Any] = {}
     slugs: dict[str, str] = {}

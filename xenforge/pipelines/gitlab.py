@@ -1,7 +1,7 @@
 """``.gitlab-ci.yml`` for a :class:`~xenforge.pipelines.jobs.Pipeline`: a ``build`` stage of
 jobs linked by ``needs``, a ``release`` stage whose jobs export (and test) each recipe,
-with the artifacts and JUnit reports attached. Merge-request pipelines read the remote
-cache only."""
+with the artifacts and JUnit reports attached. Only pipelines of protected branches
+write the remote cache; merge requests and other branches read it."""
 
 from __future__ import annotations
 
@@ -34,8 +34,12 @@ def render(pipe: Pipeline, *, header: str, tags: list[str], image: str | None) -
     if before:
         base["before_script"] = before
     doc: dict[str, Any] = {
+        # only pipelines of protected branches write the cache (give the credentials as
+        # protected variables too: the server decides in the end)
         "workflow": {"rules": [
             {"if": '$CI_PIPELINE_SOURCE == "merge_request_event"',
+             "variables": {"XENFORGE_REMOTE_CACHE_READ_ONLY": "1"}},
+            {"if": '$CI_COMMIT_REF_PROTECTED != "true"',
              "variables": {"XENFORGE_REMOTE_CACHE_READ_ONLY": "1"}},
             {"when": "always"}]},
         "variables": variables,
