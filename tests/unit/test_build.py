@@ -467,3 +467,25 @@ def test_an_export_never_replaces_a_folder_that_is_not_one(fx: Path, tmp_path: P
     argv[argv.index(str(out))] = str(tmp_path / "file" / "sub")
     assert cli.main(argv) == 2
     assert "not a writable folder" in capsys.readouterr().err
+
+
+def test_a_damaged_object_whose_inputs_are_gone_is_rebuilt_from_them(
+        fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tree is cached, its source was collected; then a file of the tree is changed
+    (an export is a hard link into the cache): the build finds it before planning, so the
+    source is planned again and the tree rebuilt, not reported as an internal error."""
+    cache_dir = tmp_path / "cache"
+    argv = ["--cache-dir", str(cache_dir), "build", str(fx / "kernel.yaml"), "--target",
+            "tree:mini", "-o", str(tmp_path / "out"), "--plain"]
+    assert cli.main(argv) == 0
+    graph = plan(load_recipe(fx / "kernel.yaml"))
+    cache = Cache(cache_dir)
+    with cache.lock(graph.nodes["source:mini"].id):
+        cache.discard(graph.nodes["source:mini"].id)
+    makefile = cache.out(graph.nodes["tree:mini"].id) / "tree" / "Makefile"
+    makefile.write_text(makefile.read_text() + "# edited\n")
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "mini-kernel: 2 built, 0 cached" in out, out
+    assert "# edited" not in makefile.read_text()
