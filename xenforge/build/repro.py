@@ -27,6 +27,7 @@ from xenforge.plan.graph import Graph
 from xenforge.stages import get_stage
 
 DIFFOSCOPE_LINES = 40
+DIFFOSCOPE_MAX = 256 << 20  # bytes; larger files (disk images) take diffoscope hours
 
 
 class Viewer(Protocol):
@@ -91,9 +92,13 @@ def compare(first: list[Artifact], second: list[Artifact], graph: Graph, first_d
 
 
 def _diffoscope(a: Path, b: Path) -> str:
-    """The first lines of diffoscope's text report ("" without diffoscope)."""
+    """The first lines of diffoscope's text report ("" without diffoscope; a note for a
+    file too large to compare in reasonable time, e.g. a disk image)."""
     if shutil.which("diffoscope") is None:
         return ""
+    if max(a.stat().st_size, b.stat().st_size) > DIFFOSCOPE_MAX:
+        return (f"(over {DIFFOSCOPE_MAX >> 20} MiB: not given to diffoscope; keep both "
+                "builds with --keep-repro and compare their parts)")
     res = runner.run(["diffoscope", "--no-progress", "--text", "-", "--max-report-size",
                       "200000", a, b], check=False, capture=True, timeout=600)
     lines = res.stdout.splitlines()
