@@ -50,9 +50,10 @@ def test_check_repro_names_the_file_that_differs(tmp_path: Path, stamp: bool,
                     progress=progress, jobs=2, root=tmp_path)
     (report,) = reports
     assert report.identical == (["info/files.txt"] if stamp else
-                                ["info/build-info.txt", "info/files.txt"])
-    if stamp:
-        (diff,) = report.differing
+                                ["info/build-info.txt", "info/files.txt", "sbom.spdx.json"])
+    if stamp:  # the artifact, and the SBOM that lists its sha256
+        diff, sbom = report.differing
+        assert sbom.path == "sbom.spdx.json" and not sbom.expected
         assert diff.path == "info/build-info.txt" and diff.node == "info"
         assert not diff.expected and not report.ok
         assert "DIFFERS info/build-info.txt  (info; NOT REPRODUCIBLE)" in report.render()

@@ -96,7 +96,9 @@ class HypervisorStage(Stage):
         make = ["make", "-C", str(xen), f"-j{max(1, ctx.jobs)}", "CC=ccache gcc",
                 f"{tag_var}={build_id_value}", "XEN_WHOAMI=xenforge",
                 "XEN_DOMAIN=xenforge.invalid", "XEN_BUILD_HOST=xenforge",
-                f"XEN_BUILD_DATE={date}", f"XEN_BUILD_TIME={clock}"]
+                f"XEN_BUILD_DATE={date}", f"XEN_BUILD_TIME={clock}",
+                # the build path (a cache's work dir) out of the binaries' debug info
+                f"EXTRA_CFLAGS_XEN_CORE=-ffile-prefix-map={src}=/usr/src/xen"]
 
         ctx.note("configuring: defconfig + fragments + olddefconfig")
         ctx.run([*make, "defconfig"], env=env)
