@@ -239,3 +239,10 @@ def test_one_vm_session_per_run_dir(tmp_path: Path) -> None:
     finally:
         os.close(first)
     os.close(boot._claim(tmp_path))  # free again once the first session ended
+
+
+def test_a_run_without_tests_says_0_passed() -> None:
+    from xenforge.verify.suites import Failure, Outcome
+
+    outcome = Outcome(tests=0, failures=[Failure("pytest", "no test ran (exit 4)")])
+    assert outcome.summary().startswith("0 passed, 1 failed") and not outcome.ok

@@ -72,7 +72,7 @@ class FleetResult:
         head = ("host", "address", "checks", "passed", "failed", "seconds", "status")
         rows = [head] + [
             (r.host.name, f"{r.host.address}:{r.host.port}", str(r.outcome.tests),
-             str(_passed(r.outcome)), str(len(r.outcome.failures)),
+             str(r.outcome.passed), str(len(r.outcome.failures)),
              f"{r.outcome.seconds:.0f}", r.status)
             for r in self.hosts
         ]
@@ -101,10 +101,6 @@ class FleetResult:
                 lines.append(f"  log of {r.host.name}: {r.log}")
         lines.append(f"  JUnit XML: {self.junit}")
         return "\n".join(lines)
-
-
-def _passed(outcome: Outcome) -> int:
-    return max(0, outcome.tests - len(outcome.failures) - outcome.skipped)
 
 
 def probe(address: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:

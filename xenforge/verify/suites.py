@@ -40,9 +40,15 @@ class Outcome:
     def ok(self) -> bool:
         return self.tests > 0 and not self.failures
 
+    @property
+    def passed(self) -> int:
+        """Checks that passed (a failure of the run itself, e.g. "no test ran", is not one
+        of the checks)."""
+        return max(0, self.tests - len(self.failures) - self.skipped)
+
     def summary(self) -> str:
         head = (
-            f"{self.tests - len(self.failures) - self.skipped} passed, "
+            f"{self.passed} passed, "
             f"{len(self.failures)} failed, {self.skipped} skipped in {self.seconds:.0f}s"
         )
         lines = [head] + [f"  FAILED {f.test}: {f.message}" for f in self.failures]
