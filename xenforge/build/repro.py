@@ -143,11 +143,12 @@ def check(graph: Graph, first: dict[str, tuple[Path, list[Artifact]]], *, views:
             for doc in DOCUMENTS:  # the export's own documents that must match too
                 a, b = first_dir / doc, second_dir / doc
                 if a.is_file() and b.is_file():
-                    if sha256_file(a) == sha256_file(b):
+                    ours, theirs = sha256_file(a), sha256_file(b)
+                    if ours == theirs:
                         same.append(doc)
                     else:
-                        differ.append(Difference(doc, "(export)", sha256_file(a),
-                                                 sha256_file(b), diffoscope=_diffoscope(a, b)))
+                        differ.append(Difference(doc, "(export)", ours, theirs,
+                                                 diffoscope=_diffoscope(a, b)))
             reports.append(ReproReport(recipe, same, differ,
                                        str(second_dir) if keep else ""))
         return reports

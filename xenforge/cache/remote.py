@@ -47,6 +47,7 @@ import requests
 from xenforge.cache.store import RECORDS, LocalStore, verify_files
 from xenforge.core import run as runner
 from xenforge.core.errors import InputError, XenforgeError
+from xenforge.core.hashing import sha256_file
 from xenforge.core.leftovers import remove_tree
 from xenforge.core.units import human_size
 
@@ -281,7 +282,7 @@ class RemoteCache:
                         "--numeric-owner", "--sort=name", "-f", blob, "-C", obj, *members],
                        log=self.log, env={"ZSTD_CLEVEL": "3", "ZSTD_NBTHREADS": "0"})
             size = blob.stat().st_size
-            digest = _sha256(blob)
+            digest = sha256_file(blob)
             name = f"{digest[:16]}.tar.zst"
             sent = time.monotonic()
             self._put(self._url(node_id, f".{name}"), blob)
@@ -386,14 +387,6 @@ def _save(resp: requests.Response, dest: Path, *, limit: int) -> tuple[str, int]
     except requests.RequestException as exc:
         raise DamagedObject(f"download of {resp.url} broke off: {_reason(exc)}") from None
     return h.hexdigest(), size
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _reason(exc: BaseException) -> str:
