@@ -1,7 +1,7 @@
 """The reproducibility check: a second build in another cache, compared artifact by
 artifact. A build step that writes its clock into an artifact (a test-only stage) is
 caught, with the file named; without it, everything is identical. The real recipes'
-check is tests/integration/test_repro.py."""
+check is tests/integration/test_check_repro.py."""
 
 from __future__ import annotations
 
