@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import errno
 import os
 import shutil
 import threading
@@ -27,6 +28,7 @@ from xenforge.core.errors import CommandFailed, InputError, StageFailed, Xenforg
 from xenforge.core.files import note
 from xenforge.core.leftovers import remove_tree
 from xenforge.core.sandbox import Sandbox
+from xenforge.core.units import human_size
 from xenforge.plan.graph import Graph, Node, content_hash, explain_change
 from xenforge.stages import get_stage
 from xenforge.stages.base import Stage, StageContext
@@ -210,6 +212,12 @@ class Executor:
             if result.status == "built":
                 self._share(node)
             return result
+        except OSError as exc:  # taking the lock or a corrupt object out on a full disk
+            if exc.errno not in DISK_FULL:
+                raise
+            err = disk_full(node, exc, self._dirs(node), root=self.cache.root)
+            self.progress.finished(node.name, "FAILED", err.message)
+            return self._record(NodeResult(node.name, node.id, "failed", error=err))
         except BaseException:
             self._record(NodeResult(node.name, node.id, "failed",
                                     error=StageFailed(node.name, "interrupted")))
@@ -246,17 +254,17 @@ class Executor:
     def _build(self, node: Node) -> NodeResult:
         stage_cls = get_stage(node.stage)
         log = self.log_path(node)
-        log.parent.mkdir(parents=True, exist_ok=True)
         recipe, own = self.graph.origins_of(node.name)[0]
         previous = self.cache.read_ref(recipe, own)
-        log.write_text(f"[xenforge] node {node.name} id {node.id}\n"
-                       f"[xenforge] why: {explain_change(node, previous)}\n")
         self.progress.started(node.name, str(log))
         start = time.monotonic()
         waited: list[float] = []
         late = set(stage_cls.late_inputs)
         stage = stage_cls()
         try:
+            log.parent.mkdir(parents=True, exist_ok=True)  # on a full disk: the node fails
+            log.write_text(f"[xenforge] node {node.name} id {node.id}\n"
+                           f"[xenforge] why: {explain_change(node, previous)}\n")
             work = self.cache.work(node.id)
             with self.cache.staging(node.id) as staging:
                 ctx = StageContext(
@@ -287,23 +295,32 @@ class Executor:
                             "finished": time.time()}
                 self.cache.commit(node.id, staging, manifest)
         except XenforgeError as exc:
-            err = exc if isinstance(exc, StageFailed) else _as_stage_failure(node, exc, log)
-            note(log, f"FAILED: {err.render()}")
+            err = exc if isinstance(exc, StageFailed) else \
+                _as_stage_failure(node, exc, log, self._dirs(node), self.cache.root)
+            _note(log, f"FAILED: {err.render()}")
             self.progress.finished(node.name, "FAILED", f"log: {log}")
             return NodeResult(node.name, node.id, "failed", time.monotonic() - start,
                               error=err, waited=sum(waited), started=start,
                               ended=time.monotonic())
         except Exception as exc:  # a bug in a stage: still name the node and the log
-            note(log, "internal error:\n" + "".join(traceback.format_exception(exc)))
-            self.progress.finished(node.name, "FAILED", f"log: {log}")
-            err = StageFailed(node.name, f"internal error: {type(exc).__name__}: {exc}", log=log,
-                              hint="this is a xenforge bug; run with --debug for the traceback")
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # no bug: no space
+                err = disk_full(node, exc, self._dirs(node), root=self.cache.root, log=log)
+                _note(log, f"FAILED: {err.render()}")
+                self.progress.finished(node.name, "FAILED", f"log: {log}")
+            else:
+                _note(log, "internal error:\n" + "".join(traceback.format_exception(exc)))
+                self.progress.finished(node.name, "FAILED", f"log: {log}")
+                err = StageFailed(node.name, f"internal error: {type(exc).__name__}: {exc}",
+                                  log=log, hint="this is a xenforge bug; run with --debug for "
+                                  "the traceback")
             err.__cause__ = exc
             return NodeResult(node.name, node.id, "failed", time.monotonic() - start, error=err,
                               started=start, ended=time.monotonic())
-        with contextlib.suppress(XenforgeError, OSError):  # built; the next build retries
-            remove_tree(work)
-        self._write_refs(node)
+        finally:  # built or failed: its scratch space is not kept (a failed kernel's is
+            # gigabytes, on a disk that may just have filled up); the next build retries
+            with contextlib.suppress(XenforgeError, OSError):
+                remove_tree(self.cache.work_dir / node.id)
+        self._write_refs(node, built=True)
         idle = sum(waited)
         detail = node.id[:12] + (f" (waited {idle:.0f}s for inputs)" if idle >= 1 else "")
         self.progress.finished(node.name, "built", detail, seconds)
@@ -325,10 +342,24 @@ class Executor:
         box.check_paths()
         return box
 
-    def _write_refs(self, node: Node) -> None:
-        """What each recipe's node was last built as (a matrix node stands for several)."""
+    def _write_refs(self, node: Node, *, built: bool = False) -> None:
+        """What each recipe's node was last built as (a matrix node stands for several).
+        A ref is a note for "why rebuilt" and gc: one that cannot be written (a full disk)
+        is reported, and the node, complete in the store, stays built or cached."""
         for recipe, own in self.graph.origins_of(node.name):
-            self.cache.write_ref(recipe, own, {"id": node.id, "key": node.key()})
+            try:
+                self.cache.write_ref(recipe, own, {"id": node.id, "key": node.key()})
+            except OSError as exc:
+                self.progress.line(f"{node.name} is {'built' if built else 'cached'}, but "
+                                   f"its ref could not be written: {exc.strerror} "
+                                   f"({self.cache.refs_dir})")
+                return
+
+    def _dirs(self, node: Node) -> list[Path]:
+        """Where building ``node`` writes: its staging and work dirs, its log, the cache's
+        scratch dirs and the store (for naming the disk that is full)."""
+        return [self.cache.tmp_dir, self.cache.work_dir, self.log_path(node).parent,
+                self.cache.scratch_dir, self.cache.objects_dir, self.cache.ccache_dir]
 
     def _is_done(self, ref: str | list[str]) -> bool:
         names = [ref] if isinstance(ref, str) else ref
@@ -358,11 +389,84 @@ def check_files(node: Node, when: str) -> None:
                              "its own id)")
 
 
-def _as_stage_failure(node: Node, exc: XenforgeError, log: Path) -> StageFailed:
+def _as_stage_failure(node: Node, exc: XenforgeError, log: Path, dirs: list[Path],
+                      root: Path) -> StageFailed:
     if isinstance(exc, CommandFailed):
-        err = StageFailed(node.name, exc.message, log=log)
+        said = next((t for t in exc.tail if any(os.strerror(e) in t for e in DISK_FULL)),
+                    None)
+        full = _full_disk(dirs, root=root) if said is not None else None
+        hint = (f"the disk is full: {full}; free space there and build again"
+                if full else "")
+        err = StageFailed(node.name, exc.message, log=log, hint=hint)
     else:
         err = StageFailed(node.name, exc.message, log=log, hint=exc.hint)
     err.exit_code = exc.exit_code  # bad input found while building is still bad input (2)
     err.__cause__ = exc
     return err
+
+
+#: the errno values of a write that found no room: the disk, or the user's quota on it, full
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.absolute()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _full_disk(dirs: list[Path], filename: str | None = None,
+               root: Path | None = None) -> str | None:
+    """The filesystem that ran out of space, for people: its mount point, its free space
+    and which of ``dirs`` it holds (those below ``root``, the cache, named relative to it).
+    ``filename``: the file a write failed on, when the error names one; else the
+    filesystem of ``dirs`` with the least room is taken."""
+    seen: dict[int, tuple[int, int, list[Path]]] = {}  # st_dev -> free, size, dirs on it
+    named: int | None = None
+    for i, path in enumerate(([Path(filename)] if filename else []) + dirs):
+        probe = path
+        while not probe.exists() and probe != probe.parent:  # a staging dir already gone
+            probe = probe.parent
+        try:
+            dev = probe.stat().st_dev
+            st = os.statvfs(probe)
+        except OSError:
+            continue
+        if i == 0 and filename:
+            named = dev
+            continue
+        entry = seen.setdefault(dev, (st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize,
+                                      []))
+        entry[2].append(path)
+    if not seen:
+        return None
+    dev = named if named in seen else min(seen, key=lambda d: seen[d][0])
+    free, size, on_it = seen[dev]
+    inside = [p for p in on_it if root is not None and p.is_relative_to(root)]
+    held = [str(p) for p in on_it if p not in inside]
+    if inside and root is not None:
+        held.insert(0, f"the cache {root}: " + ", ".join(
+            f"{p.relative_to(root).as_posix()}/" for p in inside))
+    return (f"{_mount_point(on_it[0])} has {human_size(free)} free of {human_size(size)} "
+            f"(it holds {'; '.join(held)})")
+
+
+def disk_full(node: Node, exc: OSError, dirs: list[Path], *, root: Path | None = None,
+              log: Path | None = None) -> StageFailed:
+    """A node that found no room to write, said so (not as an internal error): the
+    filesystem, how full it is, the node's dirs on it; nothing of the node is kept."""
+    full = _full_disk(dirs, exc.filename if isinstance(exc.filename, str) else None, root)
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return StageFailed(node.name, f"the disk is full ({exc.strerror}{where}): "
+                       f"{full or 'no filesystem of the build could be examined'}", log=log,
+                       hint="free space there (e.g. `xenforge cache gc --max-size SIZE`, or "
+                       "--cache-dir on a larger disk) and build again; nothing of this node "
+                       "was kept")
+
+
+def _note(log: Path, text: str) -> None:
+    """A line for a failed node's log; a log on a full disk loses it (the error itself
+    is reported all the same)."""
+    with contextlib.suppress(OSError):
+        note(log, text)

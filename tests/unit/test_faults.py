@@ -1,0 +1,271 @@
+"""Faults a build must survive, injected for real: a source server that drops, stalls,
+drips and lies (tests/helpers/badserver.py), a cache on a small loop-mounted ext4 that
+fills up (tests/helpers/loopfs.py), and a byte flipped in a cached object. Each ends in a
+clear error (or a rebuild), never in a build from bytes that were not verified, and
+leaves a cache the next build can use.
+
+The single-download cases (one fault, one fetch) are in test_sources.py; here each fault
+goes through ``xenforge build`` (the CLI, a real recipe or a test graph, the executor, the
+cache) and the build after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testgraphs
+import xf_fault_stages
+from badserver import KINDS, BadServer, source_tarball
+from loopfs import fill, free_bytes, loop_ext4, unavailable
+
+import xenforge.plan
+from xenforge import stages as stage_registry
+from xenforge.cache import Cache
+from xenforge.cli import app as cli
+from xenforge.core.hashing import sha256_file
+from xenforge.plan import plan
+from xenforge.recipe.load import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "recipes" / "fixtures"
+
+#: seconds: a stalled read gives up after IDLE; a drip (a byte a second, never idle that
+#: long) is stopped by the overall TIMEOUT of a download
+IDLE, TIMEOUT = 1.6, 2.4
+
+
+@pytest.fixture(autouse=True)
+def _keep_sigterm() -> Iterator[None]:
+    handler = signal.getsignal(signal.SIGTERM)  # cli.main installs its own
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+@pytest.fixture(autouse=True)
+def _own_ccache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XENFORGE_CCACHE_DIR", str(tmp_path / "ccache"))
+    monkeypatch.delenv("XENFORGE_STATE_DIR", raising=False)
+    monkeypatch.delenv("XENFORGE_REMOTE_CACHE", raising=False)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def _objects_ok(cache: Cache) -> None:
+    """Every object dir of the cache is a complete object whose files match its manifest
+    (hashed in full), and nothing is left in tmp/."""
+    for obj in cache.store.objects():
+        assert cache.store.read_manifest(obj.name) is not None, f"{obj}: a half object"
+        assert cache.store.verify(obj.name, full=True) == [], obj
+    assert list(cache.tmp_dir.iterdir()) == []
+
+
+# -- a source server that misbehaves -----------------------------------------------------------
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[tuple[BadServer, Path]]:
+    """The fixtures' kernel recipe with four kernels, each from its own url source on a
+    server with one fault each (drop, stall, drip, wrong bytes)."""
+    fx = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, fx)
+    files = {f"{kind}.tar.gz": source_tarball(fx / "src" / "linux-mini", kind) for kind in KINDS}
+    server = BadServer(files, {f"{kind}.tar.gz": kind for kind in KINDS})
+    try:
+        kernels = "".join(
+            f"  {kind}:\n    line: kernel_patches/mini\n    fragments: [base]\n"
+            f"    source: {{url: \"{server.url(name)}\", sha256: {server.sha256(name)}}}\n"
+            for kind, name in ((k, f"{k}.tar.gz") for k in KINDS))
+        recipe = fx / "faults.yaml"
+        recipe.write_text(f"schema: 1\nname: faults\nkernels:\n{kernels}")
+        yield server, recipe
+    finally:
+        server.stop()
+
+
+def _source_nodes(recipe: Path) -> dict[str, tuple[str, str, str, str]]:
+    """fault kind -> (source node, its id, the tree node made from it, the tree's id)."""
+    graph = plan(load_recipe(recipe))
+    out = {}
+    for node in graph.nodes.values():
+        if node.stage != "source":
+            continue
+        kind = node.options["spec"]["url"].rsplit("/", 1)[1].split(".")[0]
+        tree = next(n for n in graph.nodes.values()
+                    if n.stage == "tree" and node.name in n.deps())
+        out[kind] = (node.name, node.id, tree.name, tree.id)
+    assert sorted(out) == sorted(KINDS)
+    return out
+
+
+def test_download_faults_fail_the_build_clearly_and_store_nothing(
+        faulty: tuple[BadServer, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One `xenforge build` whose four sources fail four ways at once: each is retried
+    (but wrong bytes, which are complete: at once), each error names its URL and what
+    went wrong, exit 1, nothing of them in the cache or the download store; once the
+    server is sound the same build downloads everything again and succeeds."""
+    server, recipe = faulty
+    monkeypatch.setenv("XENFORGE_DOWNLOAD_IDLE", str(IDLE))
+    monkeypatch.setenv("XENFORGE_DOWNLOAD_TIMEOUT", str(TIMEOUT))
+    nodes = _source_nodes(recipe)
+    cache_dir, out = tmp_path / "cache", tmp_path / "out"
+    argv = ["--cache-dir", str(cache_dir), "build", str(recipe), "-o", str(out), "--plain",
+            *[a for _src, _sid, tree, _tid in nodes.values() for a in ("--target", tree)]]
+
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "Traceback" not in err + captured.out and "internal error" not in err
+    errors = {line for line in err.splitlines() if line.startswith("error: ")}
+    assert len(errors) == len(KINDS), err
+    what = {"drop": r"after 3 tries: connection lost after \d+ bytes of "
+                    rf"{len(server.files['drop.tar.gz'])}",
+            "stall": r"after 3 tries: stalled after \d+ bytes of \d+",
+            "drip": rf"after 3 tries: not done within {TIMEOUT:.0f}s "
+                    r"\(XENFORGE_DOWNLOAD_TIMEOUT\)",
+            "wrong": "checksum mismatch for {url}: expected sha256 {sha}, got [0-9a-f]{{64}}"}
+    for kind, (src, _sid, _tree, _tid) in nodes.items():
+        name = f"{kind}.tar.gz"
+        url = server.url(name)
+        line = next((e for e in errors if f"stage {src}:" in e), None)
+        assert line is not None, f"no error for {src}: {err}"
+        assert url in line, line
+        pattern = what[kind].format(url=re.escape(url), sha=server.sha256(name))
+        assert re.search(pattern, line), (kind, line)
+    assert server.hits == {"drop.tar.gz": 3, "stall.tar.gz": 3, "drip.tar.gz": 3,
+                           "wrong.tar.gz": 1}
+    # nothing unverified was kept: no object, no stored download, no partial file
+    cache = Cache(cache_dir)
+    for _src, src_id, _tree, tree_id in nodes.values():
+        assert not cache.object_dir(src_id).exists() and not cache.has(tree_id)
+    downloads = cache.scratch("downloads")
+    assert _files(downloads) == [], _files(downloads)
+    assert list(cache.tmp_dir.iterdir()) == []
+    assert not (out / "faults").exists()
+
+    server.heal()
+    before = dict(server.hits)
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert "faults: 8 built, 0 cached" in capsys.readouterr().out
+    # each file downloaded again, once, from its first byte (no partial file resumed)
+    assert {n: server.hits[n] - before[n] for n in before} == {n: 1 for n in before}
+    for kind, (_src, src_id, _tree, tree_id) in nodes.items():
+        name = f"{kind}.tar.gz"
+        assert sha256_file(cache.out(src_id) / name) == server.sha256(name)
+        assert sha256_file(downloads / "sha256" / server.sha256(name)) == server.sha256(name)
+        tree = cache.out(tree_id) / "tree"
+        assert (tree / f"padding-{kind}.bin").stat().st_size == 256 << 10
+        assert "config XENFORGE_TEST" in (tree / "init" / "Kconfig").read_text()
+    assert sorted(p.name for p in _files(downloads)) == sorted(
+        server.sha256(n) for n in server.files)
+    _objects_ok(cache)
+
+
+# -- the disk of the cache fills up -----------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def _install_test_graphs(monkeypatch: pytest.MonkeyPatch, spec: testgraphs.Spec) -> None:
+    for name, target in testgraphs.test_stages().items():
+        monkeypatch.setitem(stage_registry.REGISTRY, name, target)
+    monkeypatch.setattr(xenforge.plan, "plan", testgraphs.planner(spec))
+
+
+def _sums(folder: Path) -> dict[str, str]:
+    """An export's artifacts by path -> sha256 (its own documents left out)."""
+    docs = {"manifest.json", "provenance.intoto.json", "sbom.spdx.json"}
+    sums = dict(reversed(line.split("  ", 1)) for line in
+                (folder / "SHA256SUMS").read_text().splitlines())
+    return {path: digest for path, digest in sums.items() if path not in docs}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB ext4 mounted for the test (unmounted and detached afterwards)."""
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    with loop_ext4(tmp_path / "disk.img", tmp_path / "mnt", mib=32) as mnt:
+        yield mnt
+
+
+def _disk_graph(counter: Path, where: str) -> testgraphs.Spec:
+    return {"diskfull": [
+        {"name": "small", "stage": "slow-test",
+         "options": {"counter": str(counter), "seconds": 0, "payload_kib": 8}},
+        {"name": "fill", "stage": "fill-test",
+         "options": {"counter": str(counter), "mib": 12, "where": where}}]}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("where", ["out", "work", "command"])
+def test_a_full_disk_fails_the_node_clearly_and_the_cache_stays_usable(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], where: str) -> None:
+    """The cache (XENFORGE_CACHE_DIR) on a disk with 8 MiB free; a node writes 12 MiB into
+    its output (the cache's tmp/) or its work dir, itself or by a command: exit 1, an error
+    that says the disk is full and where, no traceback; no half object, the node that fit
+    is kept, the failed node's space is given back; with the space freed the same build
+    succeeds with the same artifacts as a build on a roomy disk."""
+    counter = tmp_path / "runs"
+    _install_test_graphs(monkeypatch, _disk_graph(counter, where))
+    recipe = testgraphs.write_recipe(tmp_path / "recipes", "diskfull")
+    argv = ["build", str(recipe), "--plain"]
+
+    # what the build gives on a disk with room
+    assert cli.main(["--cache-dir", str(tmp_path / "roomy"), *argv,
+                     "-o", str(tmp_path / "ref")]) == 0
+    want = _sums(tmp_path / "ref" / "diskfull")
+    assert sorted(want) == ["fill/fill.bin", "small/payload.bin"]
+
+    cache_dir = small_disk / "cache"
+    monkeypatch.setenv("XENFORGE_CACHE_DIR", str(cache_dir))
+    Cache(cache_dir)
+    ballast = fill(small_disk, leave=8 * MIB)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert cli.main([*argv, "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text and "internal error" not in text, text
+    (error,) = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    if where == "command":  # dd's own words, and what xenforge makes of them
+        assert "dd: error writing" in captured.err
+        assert "No space left on device" in captured.err
+        (hint,) = [ln for ln in captured.err.splitlines() if ln.startswith("  hint: ")]
+        error = hint
+        assert hint.startswith("  hint: the disk is full: "), hint
+    else:
+        assert error.startswith("error: stage fill: the disk is full (No space left on "
+                                "device)"), error
+    assert f"{small_disk} has " in error, error  # which filesystem, and its room
+    assert f"the cache {cache_dir}: tmp/, work/" in error, error
+    assert not (out / "diskfull").exists()
+
+    cache = Cache(cache_dir)
+    assert list(cache.work_dir.iterdir()) == []
+    assert free_bytes(small_disk) > 7 * MIB  # what the failed node wrote is gone
+    assert cli.main(["cache", "ls"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "small" in listed and "fill" not in listed
+    _objects_ok(cache)
+
+    ballast.unlink()
+    assert cli.main([*argv, "-o", str(out)]) == 0, capsys.readouterr().err
+    assert "diskfull: 1 built, 1 cached" in capsys.readouterr().out
+    assert _sums(out / "diskfull") == want
+    assert counter.read_text().splitlines().count("fill") == 3  # roomy, full, freed
+    _objects_ok(cache)
+    assert list(cache.work_dir.iterdir()) == []
+    assert free_bytes(small_disk) > 8 * MIB
