@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import image_scan
 import pytest
 
 from xenforge.cache.state import StateDir
@@ -116,6 +117,30 @@ def test_the_default_recipes_sbom_names_sources_patches_and_image_packages(
         assert name in inside, name
     assert len(inside) >= 200, len(inside)
     assert installed["role"] == "dom0"
+
+
+def test_no_image_holds_secrets_or_facts_of_the_build_host(out_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """Every built image (the dom0 disk with its guest disks, its qcow2, the ISO) holds no
+    password hash, private key, SSH host key, machine-id, resolver or path of the build
+    host (raw bytes too, so nothing survives in free blocks); the access key's private
+    half is only in the output, mode 0600."""
+    needles = image_scan.host_needles(CACHE, REPO)
+    image = out_dir / "image-xen-host"
+    key = image / "access_key"
+    assert key.stat().st_mode & 0o777 == 0o600, oct(key.stat().st_mode)
+    needles["the access key's private half"] = key.read_text().splitlines()[1].encode()
+    info = json.loads((image / "image-info.json").read_text())
+    root = next(p["start"] for p in info["disk"]["partitions"] if p["name"] == "root")
+    raw = image / info["disk_file"]
+    findings = image_scan.scan_disk(raw, root, tmp_path, needles)
+    # the qcow2 is the raw disk converted: the same bytes, so the raw scan speaks for it
+    same = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", str(raw),
+                           str(image / "xen-host.qcow2")], capture_output=True, text=True)
+    assert same.returncode == 0, f"the qcow2 differs from the raw disk: {same.stdout}"
+    for iso in sorted((out_dir / "iso-xen-host").glob("*.iso")):
+        findings += image_scan.scan_iso(iso, tmp_path, needles)
+    assert not findings, "\n".join(findings)
 
 
 def test_booted_default_recipe_passes_the_suites(main_job: MainJob, out_dir: Path) -> None:

@@ -106,7 +106,7 @@ class DiskStage(Stage):
         "the disk holds the root filesystems (see rootfs), and qcow2 conversion keeps "
         "their layout")
     name: ClassVar[str] = "disk"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2  # 2: no build-host path in xenforge-boot.cfg
     Options: ClassVar[type[StageOptions]] = DiskOptions
     artifacts: ClassVar[tuple[str, ...]] = ("*.raw", "*.qcow2", "access_key", "access_key.pub",
                                             "image-info.json")
@@ -206,7 +206,8 @@ class DiskStage(Stage):
             "GRUB_TIMEOUT": str(opts.grub_timeout)}))
         settings.chmod(0o644)
         boot_vars = ctx.work / "xenforge-boot.cfg"
-        ctx.run(["bash", generator, "--settings-only", settings, boot_vars])
+        # named as the disk knows it, not by its path on the build host
+        ctx.run(["bash", generator, "--settings-only", settings, boot_vars, BOOT_SETTINGS])
         boot_vars.chmod(0o644)
         edits.write(settings, BOOT_SETTINGS, replace=True)
         edits.write(boot_vars, BOOT_VARS, replace=True)

@@ -60,7 +60,7 @@ class HypervisorOptions(StageOptions):
 
 class HypervisorStage(Stage):
     name: ClassVar[str] = "hypervisor"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3  # 3: build paths mapped: none in xen-syms, xen.efi
     Options: ClassVar[type[StageOptions]] = HypervisorOptions
     artifacts: ClassVar[tuple[str, ...]] = (
         "xen.gz", "xen.efi", "xen-syms", "xen.config", "build-info.json")

@@ -59,9 +59,9 @@ from xenforge.stages.base import Stage, StageContext, StageOptions
 #: elements every rootfs of a role gets (the recipe's ``elements`` come after them)
 ROLE_ELEMENTS: dict[str, tuple[str, ...]] = {
     "dom0": ("debian-minimal", "openssh-server", "xen-dom0", "xenforge-boot",
-             "xenforge-firstboot", "xenforge-export"),
+             "xenforge-firstboot", "xenforge-sanitize", "xenforge-export"),
     "guest": ("debian-minimal", "openssh-server", "xen-domu", "xenforge-firstboot",
-              "xenforge-export"),
+              "xenforge-sanitize", "xenforge-export"),
 }
 #: passed through to diskimage-builder when set (apt and debootstrap honour them)
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
