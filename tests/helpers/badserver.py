@@ -23,15 +23,15 @@ KINDS = ("drop", "stall", "drip", "wrong")
 Handler = http.server.BaseHTTPRequestHandler
 
 
-def source_tarball(src: Path, tag: str) -> bytes:
-    """``src`` as ``linux-mini/`` in a .tar.gz with a member of 256 KiB of random bytes
-    (several chunks on the wire; ``tag`` names it, so each route's file has its own
+def source_tarball(src: Path, tag: str, pad_kib: int = 256) -> bytes:
+    """``src`` as ``linux-mini/`` in a .tar.gz with a member of ``pad_kib`` KiB of random
+    bytes (several chunks on the wire; ``tag`` names it, so each route's file has its own
     sha256 and becomes a node of its own)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(src, arcname="linux-mini")
         pad = tarfile.TarInfo(f"linux-mini/padding-{tag}.bin")
-        data = os.urandom(256 << 10)
+        data = os.urandom(pad_kib << 10)
         pad.size = len(data)
         tar.addfile(pad, io.BytesIO(data))
     return buf.getvalue()

@@ -8,6 +8,7 @@ for root too) and is always unmounted and its loop device detached again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -78,15 +79,23 @@ def free_bytes(path: Path) -> int:
 
 def fill(path: Path, leave: int) -> Path:
     """A ballast file in ``path`` that leaves about ``leave`` bytes free on its
-    filesystem (for a test to delete when it frees the space)."""
+    filesystem (for a test to delete when it frees the space); ``leave=0`` writes until
+    the filesystem refuses a byte more."""
     ballast = path / "ballast"
-    size = max(0, free_bytes(path) - leave)
+    size = max(0, free_bytes(path) - leave) if leave else 1 << 40
     chunk = b"\xa5" * (1 << 20)
-    with open(ballast, "wb") as f:
-        while size > 0:
-            n = min(size, len(chunk))
-            f.write(chunk[:n])
-            size -= n
-        f.flush()
-        os.fsync(f.fileno())
+    with open(ballast, "wb", buffering=0) as f:
+        try:
+            while size > 0:
+                n = min(size, len(chunk))
+                f.write(chunk[:n])
+                size -= n
+            os.fsync(f.fileno())
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            for step in (4096, 1):  # the last blocks, then the last bytes of the last one
+                with contextlib.suppress(OSError):
+                    while f.write(b"\xa5" * step):
+                        pass
     return ballast

@@ -11,25 +11,21 @@ cache) and the build after it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import shutil
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import testgraphs
-import xf_fault_stages
 from badserver import KINDS, BadServer, source_tarball
 from loopfs import fill, free_bytes, loop_ext4, unavailable
 
 import xenforge.plan
 from xenforge import stages as stage_registry
 from xenforge.cache import Cache
+from xenforge.cache.store import LocalStore
 from xenforge.cli import app as cli
 from xenforge.core.hashing import sha256_file
 from xenforge.plan import plan
@@ -61,13 +57,16 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-def _objects_ok(cache: Cache) -> None:
+def _objects_ok(cache: Cache | Path) -> None:
     """Every object dir of the cache is a complete object whose files match its manifest
-    (hashed in full), and nothing is left in tmp/."""
-    for obj in cache.store.objects():
-        assert cache.store.read_manifest(obj.name) is not None, f"{obj}: a half object"
-        assert cache.store.verify(obj.name, full=True) == [], obj
-    assert list(cache.tmp_dir.iterdir()) == []
+    (hashed in full), and nothing is left in tmp/ (a Path: the cache's root, which is not
+    created if it is not there)."""
+    root = cache.root if isinstance(cache, Cache) else cache
+    store = LocalStore(root / "objects", root / "tmp")
+    for obj in store.objects():
+        assert store.read_manifest(obj.name) is not None, f"{obj}: a half object"
+        assert store.verify(obj.name, full=True) == [], obj
+    assert not (root / "tmp").exists() or list((root / "tmp").iterdir()) == []
 
 
 # -- a source server that misbehaves -----------------------------------------------------------
@@ -269,3 +268,86 @@ def test_a_full_disk_fails_the_node_clearly_and_the_cache_stays_usable(
     _objects_ok(cache)
     assert list(cache.work_dir.iterdir()) == []
     assert free_bytes(small_disk) > 8 * MIB
+
+
+@pytest.mark.root
+def test_a_download_onto_a_full_disk_is_no_network_fault(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A url source of 3 MiB, its download store (the cache's scratch/) on a disk with
+    1 MiB free: the node fails at once saying the disk is full (not retried as a lost
+    connection), leaves no partial download, and builds once there is room."""
+    fx = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, fx)
+    name = "big.tar.gz"
+    server = BadServer({name: source_tarball(fx / "src" / "linux-mini", "big", 3 << 10)}, {})
+    try:
+        line = fx / "kernel_patches" / "mini" / "line.yaml"
+        line.write_text(line.read_text().replace(
+            "source:\n  path: ../../src/linux-mini\n",
+            f"source:\n  url: {server.url(name)}\n  sha256: {server.sha256(name)}\n"))
+        cache_dir = small_disk / "cache"
+        Cache(cache_dir)
+        ballast = fill(small_disk, leave=1 * MIB)
+        argv = ["--cache-dir", str(cache_dir), "build", str(fx / "kernel.yaml"), "--target",
+                "tree:mini", "-o", str(tmp_path / "out"), "--plain"]
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "internal error" not in err, err
+        (error,) = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert error.startswith("error: stage source:mini: the disk is full (No space left "
+                                "on device"), error
+        assert f"{small_disk} has " in error and "scratch/" in error, error
+        assert server.hits == {name: 1}  # a full disk is not retried like a network fault
+        downloads = cache_dir / "scratch" / "downloads"
+        assert _files(downloads) == []  # no partial file for a later run to trust
+        _objects_ok(cache_dir)
+
+        ballast.unlink()
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        assert server.hits == {name: 2}
+        graph = plan(load_recipe(fx / "kernel.yaml"))
+        src = Cache(cache_dir).out(graph.nodes["source:mini"].id)
+        assert sha256_file(src / name) == server.sha256(name)
+        _objects_ok(Cache(cache_dir))
+    finally:
+        server.stop()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("logs", ["fresh", "made", "kept"])
+def test_a_build_that_starts_on_a_full_disk_says_so(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], logs: str) -> None:
+    """Not a byte free before the build starts, in a fresh cache (no room for its dirs),
+    one without a state dir (no room for it) or one whose log folder exists (no room for
+    a node's log): exit 1 with an error
+    naming the full disk, no traceback, no stage run, nothing half-made; with room again
+    the same build succeeds."""
+    counter = tmp_path / "runs"
+    _install_test_graphs(monkeypatch, _disk_graph(counter, "out"))
+    recipe = testgraphs.write_recipe(tmp_path / "recipes", "diskfull")
+    cache_dir = small_disk / "cache"
+    argv = ["--cache-dir", str(cache_dir), "build", str(recipe), "--plain",
+            "-o", str(tmp_path / "out")]
+    if logs == "made":
+        Cache(cache_dir)
+    if logs == "kept":
+        (Cache(cache_dir).state.logs("diskfull") / "build.log").write_text("a build before\n")
+    ballast = fill(small_disk, leave=0)
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text and "internal error" not in text, text
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error: ")]
+    assert errors, captured.err
+    for e in errors:
+        assert re.match(r"error: (stage \S+: )?the disk is full \(No space left on device", e), e
+        assert f"{small_disk} has 0 B free" in e, e
+    assert not counter.exists()  # no stage ran
+    _objects_ok(cache_dir)
+
+    ballast.unlink()
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert "diskfull: 2 built, 0 cached" in capsys.readouterr().out
+    _objects_ok(Cache(cache_dir))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import errno
 import os
 import shutil
 import threading
@@ -23,12 +22,12 @@ from typing import Protocol
 
 from xenforge.cache import Cache
 from xenforge.cache.remote import RemoteCache
+from xenforge.core import diskfull
 from xenforge.core import run as runner
 from xenforge.core.errors import CommandFailed, InputError, StageFailed, XenforgeError
 from xenforge.core.files import note
 from xenforge.core.leftovers import remove_tree
 from xenforge.core.sandbox import Sandbox
-from xenforge.core.units import human_size
 from xenforge.plan.graph import Graph, Node, content_hash, explain_change
 from xenforge.stages import get_stage
 from xenforge.stages.base import Stage, StageContext
@@ -213,7 +212,7 @@ class Executor:
                 self._share(node)
             return result
         except OSError as exc:  # taking the lock or a corrupt object out on a full disk
-            if exc.errno not in DISK_FULL:
+            if not diskfull.is_disk_full(exc):
                 raise
             err = disk_full(node, exc, self._dirs(node), root=self.cache.root)
             self.progress.finished(node.name, "FAILED", err.message)
@@ -298,12 +297,14 @@ class Executor:
             err = exc if isinstance(exc, StageFailed) else \
                 _as_stage_failure(node, exc, log, self._dirs(node), self.cache.root)
             _note(log, f"FAILED: {err.render()}")
+            self._drop_work(node)
             self.progress.finished(node.name, "FAILED", f"log: {log}")
             return NodeResult(node.name, node.id, "failed", time.monotonic() - start,
                               error=err, waited=sum(waited), started=start,
                               ended=time.monotonic())
         except Exception as exc:  # a bug in a stage: still name the node and the log
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # no bug: no space
+            self._drop_work(node)
+            if diskfull.is_disk_full(exc):  # no bug: no room
                 err = disk_full(node, exc, self._dirs(node), root=self.cache.root, log=log)
                 _note(log, f"FAILED: {err.render()}")
                 self.progress.finished(node.name, "FAILED", f"log: {log}")
@@ -316,10 +317,7 @@ class Executor:
             err.__cause__ = exc
             return NodeResult(node.name, node.id, "failed", time.monotonic() - start, error=err,
                               started=start, ended=time.monotonic())
-        finally:  # built or failed: its scratch space is not kept (a failed kernel's is
-            # gigabytes, on a disk that may just have filled up); the next build retries
-            with contextlib.suppress(XenforgeError, OSError):
-                remove_tree(self.cache.work_dir / node.id)
+        self._drop_work(node)
         self._write_refs(node, built=True)
         idle = sum(waited)
         detail = node.id[:12] + (f" (waited {idle:.0f}s for inputs)" if idle >= 1 else "")
@@ -354,6 +352,13 @@ class Executor:
                                    f"its ref could not be written: {exc.strerror} "
                                    f"({self.cache.refs_dir})")
                 return
+
+    def _drop_work(self, node: Node) -> None:
+        """A finished node's scratch space is not kept, built or failed (a failed kernel's
+        is gigabytes, on a disk that may just have filled up); if removing it fails, the
+        next build of the node retries. (An interrupted build leaves it to that build.)"""
+        with contextlib.suppress(XenforgeError, OSError):
+            remove_tree(self.cache.work_dir / node.id)
 
     def _dirs(self, node: Node) -> list[Path]:
         """Where building ``node`` writes: its staging and work dirs, its log, the cache's
@@ -392,9 +397,8 @@ def check_files(node: Node, when: str) -> None:
 def _as_stage_failure(node: Node, exc: XenforgeError, log: Path, dirs: list[Path],
                       root: Path) -> StageFailed:
     if isinstance(exc, CommandFailed):
-        said = next((t for t in exc.tail if any(os.strerror(e) in t for e in DISK_FULL)),
-                    None)
-        full = _full_disk(dirs, root=root) if said is not None else None
+        said = any(os.strerror(e) in t for t in exc.tail for e in diskfull.DISK_FULL)
+        full = diskfull.describe(dirs, root=root) if said else None
         hint = (f"the disk is full: {full}; free space there and build again"
                 if full else "")
         err = StageFailed(node.name, exc.message, log=log, hint=hint)
@@ -405,64 +409,14 @@ def _as_stage_failure(node: Node, exc: XenforgeError, log: Path, dirs: list[Path
     return err
 
 
-#: the errno values of a write that found no room: the disk, or the user's quota on it, full
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _mount_point(path: Path) -> Path:
-    path = path.absolute()
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _full_disk(dirs: list[Path], filename: str | None = None,
-               root: Path | None = None) -> str | None:
-    """The filesystem that ran out of space, for people: its mount point, its free space
-    and which of ``dirs`` it holds (those below ``root``, the cache, named relative to it).
-    ``filename``: the file a write failed on, when the error names one; else the
-    filesystem of ``dirs`` with the least room is taken."""
-    seen: dict[int, tuple[int, int, list[Path]]] = {}  # st_dev -> free, size, dirs on it
-    named: int | None = None
-    for i, path in enumerate(([Path(filename)] if filename else []) + dirs):
-        probe = path
-        while not probe.exists() and probe != probe.parent:  # a staging dir already gone
-            probe = probe.parent
-        try:
-            dev = probe.stat().st_dev
-            st = os.statvfs(probe)
-        except OSError:
-            continue
-        if i == 0 and filename:
-            named = dev
-            continue
-        entry = seen.setdefault(dev, (st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize,
-                                      []))
-        entry[2].append(path)
-    if not seen:
-        return None
-    dev = named if named in seen else min(seen, key=lambda d: seen[d][0])
-    free, size, on_it = seen[dev]
-    inside = [p for p in on_it if root is not None and p.is_relative_to(root)]
-    held = [str(p) for p in on_it if p not in inside]
-    if inside and root is not None:
-        held.insert(0, f"the cache {root}: " + ", ".join(
-            f"{p.relative_to(root).as_posix()}/" for p in inside))
-    return (f"{_mount_point(on_it[0])} has {human_size(free)} free of {human_size(size)} "
-            f"(it holds {'; '.join(held)})")
-
 
 def disk_full(node: Node, exc: OSError, dirs: list[Path], *, root: Path | None = None,
               log: Path | None = None) -> StageFailed:
     """A node that found no room to write, said so (not as an internal error): the
     filesystem, how full it is, the node's dirs on it; nothing of the node is kept."""
-    full = _full_disk(dirs, exc.filename if isinstance(exc.filename, str) else None, root)
-    where = f" writing {exc.filename}" if exc.filename else ""
-    return StageFailed(node.name, f"the disk is full ({exc.strerror}{where}): "
-                       f"{full or 'no filesystem of the build could be examined'}", log=log,
-                       hint="free space there (e.g. `xenforge cache gc --max-size SIZE`, or "
-                       "--cache-dir on a larger disk) and build again; nothing of this node "
-                       "was kept")
+    return StageFailed(node.name, diskfull.message(exc, dirs, root),
+                       log=log if log is not None and log.exists() else None,
+                       hint=f"{diskfull.HINT}; nothing of this node was kept")
 
 
 def _note(log: Path, text: str) -> None:

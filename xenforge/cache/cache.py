@@ -33,6 +33,7 @@ from typing import Any
 
 from xenforge.cache.state import StateDir
 from xenforge.cache.store import Entry, LocalStore, dir_size
+from xenforge.core import diskfull
 from xenforge.core import run as runner
 from xenforge.core.errors import InputError, XenforgeError
 from xenforge.core.files import file_lock, try_file_lock
@@ -72,6 +73,9 @@ class Cache:
                       self.work_dir, self.scratch_dir):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if diskfull.is_disk_full(exc):  # no bad input: a build failing (exit 1)
+                raise XenforgeError(diskfull.message(exc, [self.root], self.root),
+                                    hint=diskfull.HINT) from exc
             raise InputError(f"cannot use cache directory {self.root}: {exc.strerror}",
                              hint="pass --cache-dir DIR or set XENFORGE_CACHE_DIR") from exc
         try:
@@ -175,8 +179,12 @@ class Cache:
         path = self.refs_dir / recipe / f"{node.replace('/', '_')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        os.rename(tmp, path)
+        try:
+            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+            os.rename(tmp, path)
+        except OSError:  # a full disk: no half-written temp file left in refs/
+            tmp.unlink(missing_ok=True)
+            raise
 
     def read_ref(self, recipe: str, node: str) -> dict[str, Any] | None:
         path = self.refs_dir / recipe / f"{node.replace('/', '_')}.json"

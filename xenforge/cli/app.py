@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from xenforge import __version__
@@ -24,6 +25,7 @@ from xenforge.cli.cache_cmd import cmd_cache
 from xenforge.cli.ci_cmd import cmd_ci
 from xenforge.cli.common import add_remote_options, days, positive_int
 from xenforge.cli.machines import cmd_boot, cmd_ssh, cmd_test
+from xenforge.core import diskfull
 from xenforge.core.errors import XenforgeError
 
 
@@ -285,6 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line; the traceback with --debug
         if args.debug:
             raise
+        if diskfull.is_disk_full(exc):  # no bug: a disk (the cache's, the state's) is full
+            from xenforge.cache.cache import default_root
+
+            root = Path(args.cache_dir).absolute() if getattr(args, "cache_dir", None) \
+                else default_root()
+            print(f"error: {diskfull.message(exc, [root], root)}\n  hint: {diskfull.HINT}",
+                  file=sys.stderr)
+            return 1
         print(f"error: internal error: {type(exc).__name__}: {exc}\n"
               "  hint: this is a xenforge bug; run again with --debug for the traceback",
               file=sys.stderr)

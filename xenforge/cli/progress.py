@@ -5,6 +5,7 @@ errors with --quiet."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -109,8 +110,9 @@ class Progress:
 
     def line(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        if self.logfile is not None:
-            with self.lock, open(self.logfile, "a", encoding="utf-8") as f:
+        if self.logfile is not None:  # a copy of what is shown: on a full disk it loses
+            with self.lock, contextlib.suppress(OSError), \
+                    open(self.logfile, "a", encoding="utf-8") as f:  # the line, no more
                 f.write(f"[{stamp}] {text}\n")
         if self.quiet:
             return

@@ -144,7 +144,8 @@ def download(url: str, sha256: str, store: DownloadStore, log: Path, *, tries: i
 
     Connection errors, timeouts, 5xx answers and truncated bodies are retried (``tries`` in
     all, waiting ``backoff``, 2*``backoff``, ... between them); 4xx answers and a checksum
-    mismatch of a complete body fail at once.
+    mismatch of a complete body fail at once, and so does a local write error (OSError
+    naming the partial file, e.g. a full disk: no network fault, no reason to retry).
     """
     last: _Retry | None = None
     for attempt in range(1, tries + 1):
@@ -170,8 +171,13 @@ def _download_once(url: str, sha256: str, store: DownloadStore, log: Path) -> No
     fd, tmp_name = tempfile.mkstemp(prefix=".part-", dir=store.root)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            received, actual, expected = _stream(url, out)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                received, actual, expected = _stream(url, out)
+        except OSError as exc:  # writing it here failed (a full disk): not retried
+            if exc.filename is None and not isinstance(exc, requests.RequestException):
+                exc.filename = str(tmp)
+            raise
         if expected is not None and received != expected:
             raise _Retry(f"download truncated: received {received} of {expected} bytes")
         if actual != sha256:
@@ -246,22 +252,24 @@ def _read(url: str, resp: requests.Response, out: Any, expired: threading.Event,
         expected = int(length) if length and length.isdigit() else None
         h = hashlib.sha256()
         received = 0
-        try:
-            while chunk := resp.raw.read1(CHUNK, decode_content=False):
-                runner.check_cancelled()
+        while True:
+            try:
+                chunk = resp.raw.read1(CHUNK, decode_content=False)
+            except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+                runner.check_cancelled()  # stopped by an interrupt: not a network problem
                 if expired.is_set():
                     break
-                out.write(chunk)
-                h.update(chunk)
-                received += len(chunk)
-        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-            runner.check_cancelled()  # stopped by an interrupt: not a network problem
-            if not expired.is_set():
                 what = "stalled" if isinstance(exc, urllib3.exceptions.ReadTimeoutError) \
                     else "connection lost"
                 raise _Retry(f"{what} after {received} bytes"
                              + (f" of {expected}" if expected is not None else "")
                              + f": {type(exc).__name__}") from exc
+            runner.check_cancelled()
+            if not chunk or expired.is_set():
+                break
+            out.write(chunk)  # only reads are network faults: a full disk here propagates
+            h.update(chunk)
+            received += len(chunk)
         if expired.is_set():
             raise _Retry(f"not done within {overall:.0f}s (XENFORGE_DOWNLOAD_TIMEOUT) after "
                          f"{received} bytes")
