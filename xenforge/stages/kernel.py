@@ -79,7 +79,7 @@ def _timestamp(epoch: int) -> str:
 
 class KernelStage(Stage):
     name = "kernel"
-    version = 1
+    version = 2  # 2: host programs built with mapped paths (objtool in linux-headers)
     Options = KernelOptions
     artifacts = ("vmlinuz", "config", "System.map", "*.deb", "lintian.txt", "build-info.json")
     heavy = True
@@ -108,7 +108,9 @@ class KernelStage(Stage):
         build.mkdir(parents=True, exist_ok=True)
         env = self._env(ctx, root)
         make = ["make", "-C", str(src), f"O={build}", f"ARCH={ARCH}", f"-j{ctx.jobs}",
-                "CC=ccache gcc", "HOSTCC=ccache gcc"]
+                "CC=ccache gcc", "HOSTCC=ccache gcc",
+                # host programs (objtool is built with -g) carry no path of this build dir
+                f"HOSTCFLAGS=-ffile-prefix-map={root}=/usr/src/linux-xenforge"]
 
         # -- configuration ---------------------------------------------------------------
         index = KconfigIndex.load(src, env=KCONFIG_ENV)
