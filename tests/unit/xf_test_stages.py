@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import ClassVar
 
+from xenforge.core import leftovers
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 
@@ -145,6 +147,51 @@ class LateStage(Stage):
         (ctx.out / "saw.len").write_text(str(len((dep / "payload.bin").read_bytes())))
 
 
+class ChrootOptions(StageOptions):
+    steps: int = 30  # lines the chrooted command writes, one every 0.1 s
+
+
+#: a static shell and tools for the chroot (busybox-static)
+BUSYBOX = "/bin/busybox"
+
+
+class ChrootStage(Stage):
+    """What an image stage does to the host, in small: an ext4 image on a loop device,
+    mounted below ``ctx.work`` (a tmpfs mounted inside it too), a command chrooted into it
+    (a static busybox) that writes for a few seconds, and everything released however the
+    stage ends (``leftovers.guard``), as the rootfs stage does. Needs root. Output: the
+    command's lines and the sha256 of the tree's Makefile as seen inside."""
+
+    name: ClassVar[str] = "chroot-test"
+    version: ClassVar[int] = 1
+    Options: ClassVar[type[StageOptions]] = ChrootOptions
+    build_env: ClassVar[bool] = False
+    artifacts: ClassVar[tuple[str, ...]] = ("lines.txt", "sum.txt")
+
+    def run(self, ctx: StageContext) -> None:
+        opts: ChrootOptions = ctx.options
+        image, mnt = ctx.work / "disk.img", ctx.work / "mnt"
+        with leftovers.guard(ctx.work):
+            ctx.run(["truncate", "-s", "16M", image])
+            ctx.run(["mkfs.ext4", "-q", "-F", image])
+            dev = ctx.run(["losetup", "--find", "--show", image], capture=True).stdout.strip()
+            mnt.mkdir()
+            ctx.run(["mount", dev, mnt])
+            (mnt / "bin").mkdir()
+            (mnt / "tmp").mkdir()
+            ctx.run(["mount", "-t", "tmpfs", "tmpfs", mnt / "tmp"])
+            shutil.copy2(BUSYBOX, mnt / "bin" / "busybox")
+            shutil.copyfile(ctx.input("tree") / "tree" / "Makefile", mnt / "Makefile")
+            script = (f"i=0; while [ $i -lt {opts.steps} ]; do echo line $i >> /tmp/lines; "
+                      "/bin/busybox sleep 0.1; i=$((i+1)); done; "
+                      "/bin/busybox cp /tmp/lines /lines.txt; "
+                      "/bin/busybox sha256sum /Makefile > /sum.txt")
+            ctx.run(["chroot", mnt, "/bin/busybox", "sh", "-c", script])
+            for name in ("lines.txt", "sum.txt"):
+                shutil.copyfile(mnt / name, ctx.out / name)
+
+
 TEST_STAGES = {"slow-test": f"{__name__}:SlowStage", "fail-test": f"{__name__}:FailStage",
                "pack-test": f"{__name__}:PackStage", "hang-test": f"{__name__}:HangStage",
-               "late-test": f"{__name__}:LateStage", "stamp-test": f"{__name__}:StampStage"}
+               "late-test": f"{__name__}:LateStage", "stamp-test": f"{__name__}:StampStage",
+               "chroot-test": f"{__name__}:ChrootStage"}
