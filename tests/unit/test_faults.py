@@ -184,8 +184,10 @@ def _install_test_graphs(monkeypatch: pytest.MonkeyPatch, spec: testgraphs.Spec)
 def _sums(folder: Path) -> dict[str, str]:
     """An export's artifacts by path -> sha256 (its own documents left out)."""
     docs = {"manifest.json", "provenance.intoto.json", "sbom.spdx.json"}
-    sums = dict(reversed(line.split("  ", 1)) for line in
-                (folder / "SHA256SUMS").read_text().splitlines())
+    sums = {}
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        digest, path = line.split("  ", 1)
+        sums[path] = digest
     return {path: digest for path, digest in sums.items() if path not in docs}
 
 
@@ -203,7 +205,7 @@ def _disk_graph(counter: Path, where: str) -> testgraphs.Spec:
     return {"diskfull": [
         {"name": "small", "stage": "slow-test",
          "options": {"counter": str(counter), "seconds": 0, "payload_kib": 8}},
-        {"name": "fill", "stage": "fill-test",
+        {"name": "fill", "stage": "fill-test", "inputs": {"after": "small"},  # in turn
          "options": {"counter": str(counter), "mib": 12, "where": where}}]}
 
 
@@ -238,7 +240,9 @@ def test_a_full_disk_fails_the_node_clearly_and_the_cache_stays_usable(
     captured = capsys.readouterr()
     text = captured.out + captured.err
     assert "Traceback" not in text and "internal error" not in text, text
-    (error,) = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, captured.err
+    (error,) = errors
     if where == "command":  # dd's own words, and what xenforge makes of them
         assert "dd: error writing" in captured.err
         assert "No space left on device" in captured.err
@@ -350,4 +354,45 @@ def test_a_build_that_starts_on_a_full_disk_says_so(
     ballast.unlink()
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert "diskfull: 2 built, 0 cached" in capsys.readouterr().out
+    _objects_ok(Cache(cache_dir))
+
+
+# -- a byte flipped in a cached object --------------------------------------------------------
+
+def test_a_flipped_byte_in_a_cached_object_is_found_and_the_node_rebuilt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`xenforge build` twice; between them one byte of a cached object's file is flipped
+    in place (same size): the second build finds it, rebuilds that node only (what
+    consumes it is cached under its own id) and exports the very same artifacts."""
+    counter = tmp_path / "runs"
+    _install_test_graphs(monkeypatch, {"flip": [
+        {"name": "base", "stage": "slow-test",
+         "options": {"counter": str(counter), "seconds": 0.05, "payload_kib": 64}},
+        {"name": "top", "stage": "slow-test", "inputs": {"base": "base"},
+         "options": {"counter": str(counter), "seconds": 0.05, "payload_kib": 8}}]})
+    recipe = testgraphs.write_recipe(tmp_path / "recipes", "flip")
+    cache_dir, out = tmp_path / "cache", tmp_path / "out"
+    argv = ["--cache-dir", str(cache_dir), "build", str(recipe), "-o", str(out), "--plain"]
+    assert cli.main(argv) == 0
+    want = _sums(out / "flip")
+    assert sorted(want) == ["base/payload.bin", "top/payload.bin"]
+
+    graph = xenforge.plan.plan(load_recipe(recipe))  # the test graph, with its ids
+    base = Cache(cache_dir).out(graph.nodes["base"].id) / "payload.bin"
+    with open(base, "r+b") as f:  # one byte, in place: same size, same inode
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0x01]))
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    shown = capsys.readouterr().out
+    assert "flip: 1 built, 1 cached" in shown, shown
+    assert re.search(rf"corrupt base  {graph.nodes['base'].id[:12]}: payload.bin: its "
+                     r"content changed \(sha256\); rebuilding it", shown), shown
+    runs = counter.read_text().splitlines()
+    assert [r.split()[1] for r in runs] == ["base", "top", "base"]
+    assert _sums(out / "flip") == want
+    assert sha256_file(out / "flip" / "base" / "payload.bin") == want["base/payload.bin"]
     _objects_ok(Cache(cache_dir))

@@ -62,18 +62,24 @@ def states(graph: Graph, local: set[str], remote: Mapping[str, bool],
     return {name: state[name] for name in graph.nodes}
 
 
-def local_nodes(graph: Graph, cache: Cache, *, check: bool = False) -> set[str]:
+def local_nodes(graph: Graph, cache: Cache, *, check: bool = False,
+                progress: Liner | None = None) -> set[str]:
     """The nodes in the local store; with ``check`` each is verified (sizes and mtimes,
     sha256 where they differ) and a damaged one taken out, so that it counts as missing
-    (and its inputs as needed)."""
+    (and its inputs as needed) - and, to ``progress``, reported (a disk that loses
+    bytes is worth knowing about)."""
     local = set()
     for node in graph.nodes.values():
         if not cache.has(node.id):
             continue
         if check and cache.verified(node.id):
             with cache.lock(node.id):
-                if cache.verified(node.id):
+                problems = cache.verified(node.id)
+                if problems:
                     cache.discard(node.id)
+                    if progress is not None:
+                        progress.line(f"corrupt {node.name}  {node.id[:12]}: {problems[0]}; "
+                                      "rebuilding it")
                     continue
         local.add(node.name)
     return local
@@ -99,7 +105,7 @@ def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
     available = dict(on_remote)
     fetched: dict[str, str] = {}
     damaged: list[str] = []
-    local_nodes(graph, cache, check=True)  # a damaged local object is no object
+    local_nodes(graph, cache, check=True, progress=progress)  # a damaged one is no object
     while True:
         state = states(graph, local_nodes(graph, cache), available, targets)
         todo = [name for name, s in state.items() if s == "remote" and name not in fetched]
