@@ -11,6 +11,7 @@ cache) and the build after it.
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import signal
@@ -27,6 +28,7 @@ from xenforge import stages as stage_registry
 from xenforge.cache import Cache
 from xenforge.cache.store import LocalStore
 from xenforge.cli import app as cli
+from xenforge.core.files import write_json_atomic
 from xenforge.core.hashing import sha256_file
 from xenforge.plan import plan
 from xenforge.recipe.load import load_recipe
@@ -355,6 +357,27 @@ def test_a_build_that_starts_on_a_full_disk_says_so(
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert "diskfull: 2 built, 0 cached" in capsys.readouterr().out
     _objects_ok(Cache(cache_dir))
+
+
+
+@pytest.mark.root
+def test_small_writes_on_a_full_disk_leave_no_temp_files(small_disk: Path) -> None:
+    """A ref or an atomic file that cannot be written fails with the OSError and leaves
+    no half-written temp file behind (refs/ is read by gc and `plan`, the store by fetch)."""
+    cache = Cache(small_disk / "cache")
+    (cache.refs_dir / "r").mkdir()
+    store = small_disk / "cache" / "scratch" / "downloads" / "index"
+    store.mkdir(parents=True)
+    ballast = fill(small_disk, leave=0)
+    with pytest.raises(OSError) as exc:
+        cache.write_ref("r", "node", {"id": "a" * 64, "key": {"big": "x" * 10000}})
+    assert exc.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        write_json_atomic(store / "pkg.json", {"big": "x" * 10000})
+    assert _files(cache.refs_dir) == [] and _files(store) == []
+    ballast.unlink()
+    cache.write_ref("r", "node", {"id": "a" * 64, "key": {}})
+    assert cache.read_ref("r", "node") == {"id": "a" * 64, "key": {}}
 
 
 # -- a byte flipped in a cached object --------------------------------------------------------
