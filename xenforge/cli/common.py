@@ -12,6 +12,7 @@ from xenforge.cache import Cache
 from xenforge.cache.remote import RemoteCache, RemoteSettings
 from xenforge.core.data import data_dir
 from xenforge.core.errors import InputError
+from xenforge.core.paths import path_kind
 from xenforge.recipe.load import LoadedRecipe
 
 
@@ -24,12 +25,12 @@ def recipe_path(arg: str) -> Path:
     """A recipe argument: a file, or the name of a shipped recipe (``xen-host``,
     ``xen-host.yaml`` or ``recipes/xen-host.yaml`` from any directory)."""
     path = Path(arg)
-    if path.exists() or "\0" in arg:
+    if path_kind(path) is not None or "\0" in arg:  # (an over-long name: not found)
         return path
     name = path.name if path.suffix == ".yaml" else f"{path.name}.yaml"
     if path.parent in (Path("."), Path("recipes")):
         shipped = data_dir("recipes") / name
-        if shipped.is_file():
+        if path_kind(shipped) == "file":
             return shipped
     return path  # the loader says "recipe not found" with its hint
 

@@ -18,9 +18,12 @@ from typing import Any
 from xenforge.core import run as runner
 from xenforge.core.errors import Problem, ValidationFailed, XenforgeError
 from xenforge.core.hashing import sha256_file
+from xenforge.core.paths import path_kind, resolved
 
 SERIES = "series"
-_STRIP = re.compile(r"^-p([0-9]+)$")
+#: -pN strips fewer than this many leading path parts (a 5,000-digit N is no level)
+MAX_STRIP = 100
+_STRIP = re.compile(rf"^-p([0-9]{{1,{len(str(MAX_STRIP - 1))}}})$")
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,15 @@ def read_series(patches_dir: Path) -> list[SeriesEntry]:
     entries: list[SeriesEntry] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    root = patches_dir.resolve()
-    for n, raw in enumerate(series.read_text(encoding="utf-8").splitlines(), start=1):
+    root = resolved(patches_dir)
+    data = series.read_bytes()
+    try:
+        lines = data.decode("utf-8").split("\n")  # lines as quilt and editors count them
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed([Problem(series, data.count(b"\n", 0, exc.start) + 1, "",
+                                        f"not UTF-8 text (byte {data[exc.start]:#04x})",
+                                        "save the series file as UTF-8")]) from None
+    for n, raw in enumerate(lines, start=1):
         text = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not text:
             continue
@@ -71,14 +81,20 @@ def read_series(patches_dir: Path) -> list[SeriesEntry]:
             if m:
                 strip = int(m.group(1))
             else:
-                problems.append(Problem(series, n, "", f"unknown option {opt!r} for {name}",
-                                        "only -pN (strip N leading path parts) is supported"))
+                shown = opt if len(opt) <= 20 else opt[:17] + "..."
+                problems.append(Problem(series, n, "", f"unknown option {shown!r} for {name}",
+                                        f"only -pN (strip N < {MAX_STRIP} leading path parts) "
+                                        "is supported"))
+        if "\0" in name:
+            problems.append(Problem(series, n, "", f"patch name {name!r} holds a NUL byte",
+                                    "name patches relative to the series folder"))
+            continue
         path = (patches_dir / name)
-        if os.path.isabs(name) or not path.resolve().is_relative_to(root):
+        if os.path.isabs(name) or not resolved(path).is_relative_to(root):
             problems.append(Problem(series, n, "", f"patch {name!r} is outside {patches_dir}",
                                     "name patches relative to the series folder"))
             continue
-        if not path.is_file():
+        if path_kind(path) != "file":
             problems.append(Problem(series, n, "", f"patch {name} does not exist "
                                     f"(looked for {path})",
                                     "add the file or remove the line from series"))

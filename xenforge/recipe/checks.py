@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xenforge.core.errors import Problem
+from xenforge.core.paths import path_kind
+from xenforge.limits import MIN_ROOTFS_MIB
 from xenforge.recipe.yamlload import Loc, Origins, loc_text
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
         line = loaded.kernel_lines.get(key)
         for i, frag in enumerate(k.fragments):
             if isinstance(frag, Path):
-                if not frag.is_file():
+                if path_kind(frag) != "file":
                     add(("kernels", key, "fragments", i), f"fragment not found: {frag}",
                         "relative paths are relative to the recipe")
             elif line is not None and frag not in line.fragments:
@@ -55,6 +57,10 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
         if img.bootloader and img.role != "guest":
             add(("images", key, "bootloader"), "only a guest image takes `bootloader`",
                 "a dom0 image always has GRUB; drop the field")
+        if img.role == "guest" and not img.bootloader and img.size < MIN_ROOTFS_MIB:
+            add(("images", key, "size"), f"{img.size} MiB is too small for a guest's "
+                f"filesystem (its disk): at least {MIN_ROOTFS_MIB} MiB",
+                f"e.g. size: 2G (a disk below {MIN_ROOTFS_MIB} MiB needs `bootloader: true`)")
         if len(set(img.formats)) != len(img.formats):
             add(("images", key, "formats"), "a format is listed twice", "list each once")
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from xenforge.core.data import data_dir
 from xenforge.core.errors import Problem, ValidationFailed
+from xenforge.core.paths import path_kind, resolved
 from xenforge.recipe.model import Recipe
 from xenforge.recipe.specs import HypervisorSpec, KernelLine, ReleaseSpec
 from xenforge.recipe.yamlload import LoadError, Loc, Origins, load_yaml, loc_text
@@ -79,7 +80,7 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem],
     """The merged data of ``file`` and what it extends. Each file is read once per load
     (``seen``), however often the chains name it; a file listed twice in one ``extends``
     and chains deeper than MAX_EXTENDS_DEPTH are errors."""
-    file = file.resolve()
+    file = resolved(file)
     seen = {} if seen is None else seen
     try:
         if file not in seen:
@@ -111,7 +112,7 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem],
             line = pos[1] if pos else None
             if not isinstance(ref, str) or "\0" in ref:
                 continue  # the model reports the wrong type or the bad path
-            target = (file.parent / ref).resolve()
+            target = resolved(file.parent / ref)
             if target in listed:
                 problems.append(Problem(file, line, f"extends[{i}]",
                                         f"{ref} is listed twice in extends",
@@ -123,7 +124,7 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem],
                 problems.append(Problem(file, line, f"extends[{i}]", f"extends cycle: {chain}",
                                         "remove one of the extends entries forming the loop"))
                 continue
-            if not target.is_file():
+            if path_kind(target) != "file":
                 problems.append(Problem(file, line, f"extends[{i}]",
                                         f"extended recipe not found: {target}",
                                         "paths in extends are relative to this file"))
@@ -326,12 +327,13 @@ def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...],
     once, however many guests share it)."""
     from xenforge.recipe.checks import check_recipe  # cross-field rules
 
-    file = file.resolve()
-    if file.exists() and not file.is_file():
+    file = resolved(file)
+    kind = path_kind(file)
+    if kind in ("dir", "special"):
         problems.append(Problem(file, None, "", "not a regular file (a device, FIFO or folder "
                                 "is no recipe)", "give the path of a .yaml recipe"))
         return None
-    if not file.is_file():
+    if kind is None:
         problems.append(Problem(file, None, "", "recipe not found",
                                 "give the path of a .yaml recipe, e.g. recipes/xen-host.yaml"))
         return None

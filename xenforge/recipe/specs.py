@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from xenforge.recipe.types import DirPath, FilePath, Model, Name, Released
 from xenforge.sources.specs import SourceSpec
+from xenforge.stages.toolstack import check_configure_flag
+
+#: an argument for Xen's ./configure, checked by the rule the toolstack stage applies
+ConfigureFlag = Annotated[str, AfterValidator(check_configure_flag)]
 
 
 class ToolstackSpec(Model):
-    configure: list[str] = Field(default_factory=list,
-                                 description="arguments for Xen's ./configure")
+    configure: list[ConfigureFlag] = Field(default_factory=list,
+                                           description="arguments for Xen's ./configure")
 
 
 class HypervisorSpec(Model):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +16,11 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
+from xenforge.core.paths import path_kind, resolved
 from xenforge.lib.xl import UNSAFE_CMDLINE_CHARS
+from xenforge.limits import MAX_IMAGE_MIB, MIN_DISK_MIB
 from xenforge.recipe.yamlload import Located
 
 
@@ -31,25 +33,14 @@ class Model(BaseModel):
 def resolve_path(value: Any) -> Any:
     """A relative path is relative to the YAML file that wrote it."""
     if isinstance(value, Located) and value and not os.path.isabs(value):
-        return (value.file.parent / value).resolve()
+        return resolved(value.file.parent / value)
     if isinstance(value, str):
         return Path(value)
     return value
 
 
-def _kind(p: Path) -> str | None:
-    """"file", "dir", "special" (device, FIFO, socket) or None (missing, a symlink loop)."""
-    try:
-        mode = p.stat().st_mode
-    except (OSError, ValueError):
-        return None
-    if stat.S_ISREG(mode):
-        return "file"
-    return "dir" if stat.S_ISDIR(mode) else "special"
-
-
 def _regular_file(p: Path) -> Path:
-    kind = _kind(p)
+    kind = path_kind(p)
     if kind is None:
         raise ValueError(f"no such file: {p}")
     if kind != "file":
@@ -59,7 +50,7 @@ def _regular_file(p: Path) -> Path:
 
 
 def _directory(p: Path) -> Path:
-    kind = _kind(p)
+    kind = path_kind(p)
     if kind is None:
         raise ValueError(f"no such folder: {p}")
     if kind != "dir":
@@ -83,18 +74,35 @@ _SIZE = re.compile(r"^([0-9]+)\s*(M|MiB|G|GiB)$")
 def _size_mib(value: Any) -> Any:
     if isinstance(value, str):
         m = _SIZE.match(value.strip())
+        shown = repr(value) if len(value) < 40 else repr(value[:37] + "...")
         if not m:
-            raise ValueError(f"{value!r} is not a size; write it like 512M or 4G")
+            raise ValueError(f"{shown} is not a size; write it like 512M or 4G")
+        if len(m.group(1)) > len(str(MAX_IMAGE_MIB)):  # (and Python's int() has a limit)
+            raise ValueError(f"{shown} is larger than an image can be "
+                             f"({MAX_IMAGE_MIB >> 20} TiB)")
         n = int(m.group(1))
         return n * 1024 if m.group(2).startswith("G") else n
     return value
 
 
-#: a size in MiB, written as 512M / 4G (or a plain number of MiB)
-SizeMiB = Annotated[int, BeforeValidator(_size_mib), WithJsonSchema({
-    "anyOf": [{"type": "integer", "minimum": 0},
-              {"type": "string", "pattern": r"^\s*[0-9]+\s*(M|MiB|G|GiB)\s*$"}],
-    "description": "MiB, or a size such as 512M or 4G"})]
+def _size_range(value: int) -> int:
+    if not MIN_DISK_MIB <= value <= MAX_IMAGE_MIB:
+        raise PydanticCustomError(
+            "size_range", "{value} MiB is no image size: from {low}M to {high}G",
+            {"value": value, "low": MIN_DISK_MIB, "high": MAX_IMAGE_MIB >> 10,
+             "hint": "write it like 512M or 4G"})
+    return value
+
+
+#: a size in MiB, written as 512M / 4G (or a plain number of MiB), at least MIN_DISK_MIB
+#: (what a guest's filesystem needs more is a check of checks.py) and at most MAX_IMAGE_MIB
+SizeMiB = Annotated[int, BeforeValidator(_size_mib), AfterValidator(_size_range),
+                    WithJsonSchema({
+                        "anyOf": [{"type": "integer", "minimum": MIN_DISK_MIB,
+                                   "maximum": MAX_IMAGE_MIB},
+                                  {"type": "string",
+                                   "pattern": r"^\s*[0-9]+\s*(M|MiB|G|GiB)\s*$"}],
+                        "description": "MiB, or a size such as 512M or 4G"})]
 
 
 def fragment_ref(value: Any) -> Any:
@@ -138,7 +146,7 @@ _BOGUS_HOSTS = ("localhost", "localdomain", "invalid", "local")
 
 def _maintainer(value: Any) -> Any:
     if isinstance(value, str):
-        m = _MAINTAINER.match(value)
+        m = _MAINTAINER.fullmatch(value)
         if not m:
             raise ValueError(f"{value!r} is not 'Name <address@domain>'")
         if any(part in _BOGUS_HOSTS for part in m.group(1).lower().split(".")):

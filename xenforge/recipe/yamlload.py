@@ -54,8 +54,73 @@ class Origins(dict[Loc, tuple[Path, int]]):
             del self[key]
 
 
+#: how deep mappings and lists may nest (a recipe needs 5 levels; 5,000 would exhaust the
+#: recursion of the YAML composer and of everything that walks the data)
+MAX_YAML_DEPTH = 32
+#: the largest integer a recipe or spec holds (64 bits); a 4,000-digit number is no size,
+#: count or date, and Python cannot even print one over 4,300 digits
+MAX_YAML_INT = 2**64
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    """PyYAML's safe loader, refusing nesting deeper than MAX_YAML_DEPTH while composing."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"mappings and lists nest deeper than {MAX_YAML_DEPTH} levels",
+                parent.start_mark if parent is not None else None)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _BadValue(yaml.constructor.ConstructorError):
+    """A scalar YAML cannot make into a value of its type, at field ``loc``."""
+
+    loc: Loc = ()
+
+
+def _scalar(node: yaml.Node, loc: Loc) -> Any:
+    """The value of a scalar node; a value its tag cannot have (``!!float abc``, the date
+    2024-13-45, a timezone of +25:00), an integer over MAX_YAML_INT or a string with a lone
+    surrogate (``"\\ud800"``, no character) is a located error, not a crash."""
+    problem = ""
+    try:
+        value = _Loader("").construct_object(node)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        tag = node.tag.rsplit(":", 1)[-1]
+        detail = str(exc) if isinstance(exc, ValueError | OverflowError) else "no such value"
+        if len(detail) > 80:
+            detail = detail[:77] + "..."
+        problem = f"{node.value[:40]!r} is not a valid {tag} ({detail})"
+        if "integer string conversion" in detail:  # over 4,300 digits: Python refuses it
+            problem = (f"a number of {len(node.value)} digits is larger than any value of a "
+                       f"recipe (at most {MAX_YAML_INT})")
+    else:
+        if isinstance(value, int) and abs(value) > MAX_YAML_INT:
+            problem = (f"an integer of {value.bit_length()} bits is larger than any value of "
+                       f"a recipe (at most {MAX_YAML_INT})")
+        elif isinstance(value, str) and not _encodable(value):
+            problem = ("a string holds a lone surrogate (an escape such as \\ud800 that is "
+                       "no character)")
+    if problem:
+        err = _BadValue(None, None, problem, node.start_mark)
+        err.loc = loc
+        raise err
+    return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _construct(node: yaml.Node, file: Path, loc: Loc, origins: Origins) -> Any:
@@ -67,7 +132,7 @@ def _construct(node: yaml.Node, file: Path, loc: Loc, origins: Origins) -> Any:
                 raise yaml.constructor.ConstructorError(
                     None, None, "a key must be a plain name, not a list or mapping",
                     key_node.start_mark)
-            key = _Loader(b"").construct_object(key_node)  # plain scalar key
+            key = _scalar(key_node, loc)
             if isinstance(key, str) and key == "<<":
                 raise yaml.constructor.ConstructorError(
                     None, None, "YAML merge keys (<<) are not supported; use extends:",
@@ -80,7 +145,7 @@ def _construct(node: yaml.Node, file: Path, loc: Loc, origins: Origins) -> Any:
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(v, file, (*loc, i), origins) for i, v in enumerate(node.value)]
-    value = _Loader(b"").construct_object(node)
+    value = _scalar(node, loc)
     if isinstance(value, str):
         return Located(value, file, node.start_mark.line + 1)
     return value
@@ -136,9 +201,19 @@ def load_yaml(file: Path) -> tuple[Any, Origins]:
             return {}, origins
         _refuse_aliases(node)
         return _construct(node, file, (), origins), origins
+    except yaml.reader.ReaderError as exc:  # a NUL byte or another control character
+        at = text.count("\n", 0, exc.position) + 1
+        raise LoadError([Problem(file, at, "", f"a character YAML does not allow: "
+                                 f"#x{exc.character:04x} (a NUL byte or a control character)",
+                                 "remove it; write it as an escape in a double-quoted string "
+                                 "if you mean it")]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
+        if isinstance(exc, _BadValue):
+            raise LoadError([Problem(file, line, loc_text(exc.loc),
+                                     f"YAML value error: {exc.problem}",
+                                     "quote a value meant as text (\"...\")")]) from exc
         msg = f"YAML syntax error: {exc.problem or exc.context}"
         raise LoadError([Problem(file, line, "", msg,
                                  "fix the YAML syntax (indentation, colons, quotes)")]) from exc

@@ -31,12 +31,14 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from xenforge.core.errors import InputError
 from xenforge.core.hashing import tree_hash
 from xenforge.core.model import FrozenModel
+from xenforge.core.paths import path_kind
 
 KINDS = ("url", "apt", "deb", "path")
 SOURCE_JSON = "source.json"
@@ -57,9 +59,9 @@ def _sha256_value(value: Any) -> Any:
         raise PydanticCustomError(
             "sha256_format", "sha256 must be a string of 64 hex digits, got {got}",
             {"got": type(value).__name__, "hint": "quote it in YAML: sha256: \"...\""})
-    if _HEX64.match(value):
+    if _HEX64.fullmatch(value):
         return value
-    if _HEX64.match(value.lower()):
+    if _HEX64.fullmatch(value.lower()):
         raise PydanticCustomError(
             "sha256_format", "sha256 must be lower case hex: {value}",
             {"value": value, "hint": f"write it as {value.lower()}"})
@@ -79,7 +81,7 @@ def _pinned(value: Any, field: str, example: str) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("source_pin", "{field} must be a string name=version",
                                   {"field": field, "hint": f"e.g. {field}: {example}"})
-    if _PINNED.match(value):
+    if _PINNED.fullmatch(value):
         return value
     name = value.split("=", 1)[0].strip()
     if "=" not in value or not value.split("=", 1)[1]:
@@ -133,10 +135,19 @@ class UrlSource(_Source):
             _check_file_name(value, "filename")
         return value
 
+    @model_validator(mode="after")
+    def _named(self) -> UrlSource:
+        """Without ``filename`` the URL's last path part names the file: one that is no file
+        name (``https://host/``, ``..%2Fx``) is an error of the spec, found when it is read
+        rather than when a build plans it."""
+        if self.filename is None:
+            _check_file_name(_url_file_name(self.url), "url")
+        return self
+
     def target_name(self) -> str:
         if self.filename:
             return self.filename
-        name = urllib.parse.unquote(urllib.parse.urlsplit(self.url).path.rsplit("/", 1)[-1])
+        name = _url_file_name(self.url)
         try:
             return _check_file_name(name, "url")
         except PydanticCustomError as exc:
@@ -245,13 +256,18 @@ class PathSource(_Source):
                 base = Path.cwd()
             p = base / p
         p = Path(os.path.normpath(p))
-        if not p.exists():
+        kind = path_kind(p)
+        if kind is None:
             where = f" (relative paths are resolved against {base})" if base else ""
             raise PydanticCustomError(
                 "source_path_missing", "no such file or directory: {path}{where}",
                 {"path": str(p), "where": where,
                  "hint": "check the spelling; relative paths are relative to the file "
                          "that names them"})
+        if kind == "special":  # hashing /dev/zero or a FIFO would never end
+            raise PydanticCustomError(
+                "source_path_special", "{path} is a device, FIFO or socket, not a file or "
+                "folder", {"path": str(p), "hint": "name a source file or folder"})
         return p
 
     def identity(self) -> dict[str, Any]:
@@ -315,6 +331,10 @@ def parse_source(data: Any, base: Path | None = None) -> SourceSpec:
 def identity(spec: SourceSpec) -> dict[str, Any]:
     """The spec's identity for node ids (JSON data; a path source includes its content hash)."""
     return spec.identity()
+
+
+def _url_file_name(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
 
 
 def _check_file_name(name: str, field: str) -> str:

@@ -43,6 +43,7 @@ from xenforge.core.files import write_json_atomic
 from xenforge.lib import gptdisk
 from xenforge.lib.ext4 import Edits, Ext4Image
 from xenforge.lib.xl import IMAGES_DIR, UNSAFE_CMDLINE_CHARS, Guest, guest_config
+from xenforge.limits import MAX_IMAGE_MIB, MIN_DISK_MIB
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 MIB = 1 << 20
@@ -57,7 +58,8 @@ HEADROOM_MIB, HEADROOM_SHARE = 32, 0.10
 class DiskOptions(StageOptions):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     role: Literal["dom0", "guest"] = "dom0"
-    size: int = Field(ge=64, description="MiB of the whole disk")
+    size: int = Field(ge=MIN_DISK_MIB, le=MAX_IMAGE_MIB,
+                      description="MiB of the whole disk")
     formats: tuple[Literal["raw", "qcow2"], ...] = Field(min_length=1)
     firmware: tuple[Literal["bios", "uefi"], ...] = Field(min_length=1)
     esp_size: int = Field(ge=33, description="MiB of the EFI system partition")

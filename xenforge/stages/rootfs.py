@@ -54,6 +54,7 @@ from xenforge.core.errors import InputError, StageFailed, XenforgeError
 from xenforge.core.files import file_lock, write_json_atomic
 from xenforge.core.run import CLEAN_PATH
 from xenforge.lib.ext4 import Ext4Image
+from xenforge.limits import MAX_IMAGE_MIB, MIN_ROOTFS_MIB
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 #: elements every rootfs of a role gets (the recipe's ``elements`` come after them)
@@ -82,7 +83,8 @@ class RootfsOptions(StageOptions):
     security_mirror: str
     elements: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")], ...] = ()
     packages: tuple[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+$")], ...] = ()
-    size: int | None = Field(None, ge=256, description="MiB of the filesystem (None: "
+    size: int | None = Field(None, ge=MIN_ROOTFS_MIB, le=MAX_IMAGE_MIB,
+                             description="MiB of the filesystem (None: "
                              "diskimage-builder's estimate, for a rootfs a disk will grow)")
     access: bool = False
     access_user: str = Field(pattern=r"^[a-z_][a-z0-9_-]*$")

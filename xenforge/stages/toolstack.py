@@ -34,6 +34,17 @@ DOWNLOADS = ("--enable-stubdom", "--enable-qemu-traditional", "--enable-githttp"
              "--enable-ipxe", "--enable-rombios")
 
 
+def check_configure_flag(flag: str) -> str:
+    """One argument for Xen's ./configure: an option, never one that makes the build download
+    sources (a spec's ``toolstack.configure`` is checked by this when it is read)."""
+    if not flag.startswith("--"):
+        raise ValueError(f"configure argument {flag!r} must start with '--'")
+    if flag.split("=", 1)[0] in DOWNLOADS:
+        raise ValueError(f"configure argument {flag!r} makes Xen's build download "
+                         "sources; xenforge builds only from pinned inputs")
+    return flag
+
+
 class ToolstackOptions(StageOptions):
     version: str = Field("", description="the spec's Xen version, e.g. 4.17.5; checked "
                          "against the tree ('': take the tree's)")
@@ -44,11 +55,7 @@ class ToolstackOptions(StageOptions):
     @classmethod
     def _flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for flag in value:
-            if not flag.startswith("--"):
-                raise ValueError(f"configure argument {flag!r} must start with '--'")
-            if flag.split("=", 1)[0] in DOWNLOADS:
-                raise ValueError(f"configure argument {flag!r} makes Xen's build download "
-                                 "sources; xenforge builds only from pinned inputs")
+            check_configure_flag(flag)
         return value
 
 
