@@ -33,9 +33,11 @@ MAX_HITS = 1000  # per needle; one per 4 KiB block
 
 
 def host_needles(*paths: Path) -> dict[str, bytes]:
-    """What of this build host must appear in no image: the given paths (cache, checkout)
-    and the bodies of its SSH host public keys."""
+    """What of this build host must appear in no image: the given paths (cache, checkout),
+    its resolvers and the bodies of its SSH host public keys."""
     needles = {f"build path {p}": str(p).encode() for p in paths}
+    needles |= {f"this host's resolver {ns}": f"nameserver {ns}".encode()
+                for ns in sorted(host_nameservers())}
     for pub in sorted(Path("/etc/ssh").glob("ssh_host_*_key.pub")):
         fields = pub.read_text().split()
         if len(fields) >= 2:
