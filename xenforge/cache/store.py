@@ -95,9 +95,11 @@ class LocalStore(Store):
         manifest = self.read_manifest(node_id)
         if manifest is None:
             return ["no manifest"]
-        records = manifest.get("files")
-        if not isinstance(records, dict):
+        if "files" not in manifest:
             return []  # an object of an older xenforge: nothing to compare with
+        records = manifest["files"]
+        if not isinstance(records, dict):
+            return ["the manifest's list of files is damaged"]
         version = manifest.get("records", 1)
         return verify_files(self.out(node_id), records, full=full,
                             version=version if isinstance(version, int) else 1)

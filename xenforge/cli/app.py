@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove entries not used for DAYS and not the latest of any recipe",
     )
     gc.add_argument("--dry-run", action="store_true")
+    csub.add_parser("verify", parents=[common], help="hash every object's files; take out "
+                    "a damaged one (the next build rebuilds it; exit 1 if any)")
     c.set_defaults(func=cmd_cache)
     return p
 

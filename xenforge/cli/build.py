@@ -74,7 +74,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     loaded = _loaded(args.recipe)
     graph = plan(loaded)
     cache = cache_of(args)
-    remote = remote_of(args, loaded, cache, cache.state.logs(graph.recipe) / "remote.log")
+    try:
+        log: Path | None = cache.state.logs(graph.recipe) / "remote.log"
+    except OSError:  # a cache (and its state) the user may only read: plan writes nothing
+        log = None
+    remote = remote_of(args, loaded, cache, log)
     state = states(graph, local_nodes(graph, cache), remote_nodes(graph, remote))
     if args.json:
         data = graph.to_json()
@@ -108,6 +112,7 @@ def _progress(args: argparse.Namespace, logfile: Path) -> Progress:
 def cmd_build(args: argparse.Namespace) -> int:
     from xenforge.build.executor import Executor
     from xenforge.build.resolve import resolve
+    from xenforge.cache.writable import check_writable
     from xenforge.core.errors import InputError
     from xenforge.core.units import human_size
     from xenforge.export.artifacts import Release, check_destination, export
@@ -138,6 +143,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 raise
             keys[loaded.name] = None  # a CI shard's --target build is no release: unsigned
     cache = cache_of(args)
+    check_writable(cache)  # a cache it cannot write: exit 2 now, not a crash at a lock
     logs = cache.state.logs(graph.recipe)
     remote = remote_of(args, loadeds[0], cache, logs / "remote.log")
     progress = _progress(args, logs / "build.log")

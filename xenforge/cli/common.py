@@ -55,7 +55,7 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
 
 
 def remote_of(args: argparse.Namespace, loaded: LoadedRecipe, cache: Cache,
-              log: Path) -> RemoteCache | None:
+              log: Path | None) -> RemoteCache | None:
     """The remote cache the command line, the environment or the recipe asks for."""
     section = loaded.recipe.cache
     settings = RemoteSettings.choose(

@@ -34,6 +34,8 @@ def tree_hash(root: Path) -> str:
     """Hash a file or a directory tree: relative names, symlink targets, exec bits, contents.
 
     Timestamps, owners and other mode bits are ignored, so a fresh checkout hashes the same.
+    Names are hashed as the bytes they are (a UTF-8 name as its UTF-8, one that is not
+    UTF-8 as well).
     """
     if not root.is_dir():
         return sha256_file(root)
@@ -46,11 +48,11 @@ def tree_hash(root: Path) -> str:
             rel = (rel_dir / name).as_posix()
             st = p.lstat()
             if stat.S_ISLNK(st.st_mode):
-                h.update(f"L {rel} {os.readlink(p)}\n".encode())
+                h.update(os.fsencode(f"L {rel} {os.readlink(p)}\n"))
             elif stat.S_ISREG(st.st_mode):
                 x = "x" if st.st_mode & 0o111 else "-"
-                h.update(f"F {rel} {x} {sha256_file(p)}\n".encode())
+                h.update(os.fsencode(f"F {rel} {x} {sha256_file(p)}\n"))
         for d in dirnames:
             if not Path(dirpath, d).is_symlink():
-                h.update(f"D {(rel_dir / d).as_posix()}\n".encode())
+                h.update(os.fsencode(f"D {(rel_dir / d).as_posix()}\n"))
     return h.hexdigest()

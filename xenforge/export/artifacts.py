@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +81,22 @@ def check_destination(dest: Path) -> None:
     parent = dest.parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir() or not _can_make_folders(parent):
         raise InputError(f"cannot write the export folder {dest} ({parent} is not a writable "
                          "folder)", hint="pass a writable -o/--out")
+
+
+def _can_make_folders(folder: Path) -> bool:
+    """Whether a folder can be made in ``folder``, by making one: access(2) tells root yes
+    for /proc, /sys or a read-only bind mount's folders, where the export's staging folder
+    could not be made after the whole build."""
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".xenforge-probe-", dir=folder))
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        probe.rmdir()
+    return True
 
 
 def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Path,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from xenforge.core.model import FrozenModel
 
@@ -56,6 +56,11 @@ class Guest(FrozenModel):
     #: HVM only: "disk" = the guest's own bootloader, "kernel" = direct kernel boot
     boot: Literal["kernel", "disk"] = "kernel"
 
+    @field_validator("cmdline")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return safe_cmdline(value)
+
     @property
     def console_log(self) -> str:
         """The log a booted guest's console lines reach in dom0."""
@@ -64,25 +69,50 @@ class Guest(FrozenModel):
         return CONSOLE_LOG.format(name=self.name)
 
 
+def safe_cmdline(value: str) -> str:
+    """``value`` if it can be written into a boot menu or an xl config as it is: printable,
+    none of UNSAFE_CMDLINE_CHARS (quotes, backslash, ``$``, backtick); else ValueError."""
+    bad = sorted({c for c in value if c in UNSAFE_CMDLINE_CHARS or not c.isprintable()})
+    if bad:
+        shown = " ".join("newline" if c == "\n" else repr(c) for c in bad)
+        raise ValueError(f"a command line may not contain {shown}")
+    return value
+
+
+def quoted(field: str, value: object) -> str:
+    """``value`` as an xl config string (in double quotes). xl's strings have no escape
+    that every version reads alike, so a value that would need one (a quote, a backslash,
+    a newline or another control character) is refused, never written: it would end the
+    string and start a setting of its own (``memory = 99999``)."""
+    text = str(value)
+    if any(c in "\"\\" or not c.isprintable() for c in text):
+        raise ValueError(f"xl config: {field} {text!r} holds a quote, a backslash or a "
+                         "control character")
+    return f'"{text}"'
+
+
 def guest_config(g: Guest, *, ramdisk: bool) -> str:
-    """The ``xl`` config of a guest (see the module docstring)."""
+    """The ``xl`` config of a guest (see the module docstring); every string is written by
+    :func:`quoted`, so no value of the guest adds a setting."""
     base = f"{IMAGES_DIR}/{g.name}"
     cmdline = f"root=/dev/xvda ro {g.cmdline} systemd.hostname={g.hostname}".strip()
     direct = g.type != "hvm" or g.boot == "kernel"
     lines = [
         f"# {g.name}: written by xenforge from the recipe's guests entry",
-        f'name = "{g.name}"',
-        f'type = "{g.type}"',
-        *([f'kernel = "{base}/vmlinuz"'] if direct else []),
-        *([f'ramdisk = "{base}/initrd.img"'] if direct and ramdisk else []),
-        *([f'cmdline = "{cmdline}"'] if direct else []),
-        f"memory = {g.memory}",
-        f"vcpus = {g.vcpus}",
-        *([f'tsc_mode = "{g.tsc_mode}"'] if g.tsc_mode != "default" else []),
+        f"name = {quoted('name', g.name)}",
+        f"type = {quoted('type', g.type)}",
+        *([f"kernel = {quoted('kernel', f'{base}/vmlinuz')}"] if direct else []),
+        *([f"ramdisk = {quoted('ramdisk', f'{base}/initrd.img')}"] if direct and ramdisk
+          else []),
+        *([f"cmdline = {quoted('cmdline', cmdline)}"] if direct else []),
+        f"memory = {int(g.memory)}",
+        f"vcpus = {int(g.vcpus)}",
+        *([f"tsc_mode = {quoted('tsc_mode', g.tsc_mode)}"] if g.tsc_mode != "default"
+          else []),
         *(["hap = 0"] if g.type != "pv" and not g.hap else []),
         *(_hvm(g) if g.type == "hvm" else []),
-        f'disk = [ "{_disk(g, base)}" ]',
-        f'vif = [ "{_vif(g)}" ]',
+        f"disk = [ {quoted('disk', _disk(g, base))} ]",
+        f"vif = [ {quoted('vif', _vif(g))} ]",
         'on_crash = "preserve"',
     ]
     return "\n".join(lines) + "\n"
@@ -90,10 +120,10 @@ def guest_config(g: Guest, *, ramdisk: bool) -> str:
 
 def _hvm(g: Guest) -> list[str]:
     """The device model, firmware and consoles of an HVM guest."""
-    serial = f'"file:{g.console_log}"' if g.boot == "disk" else '"pty"'
+    serial = quoted("serial", f"file:{g.console_log}") if g.boot == "disk" else '"pty"'
     return [
         'device_model_version = "qemu-xen"',
-        f'firmware = "{g.firmware}"',
+        f"firmware = {quoted('firmware', g.firmware)}",
         f"xen_platform_pci = {1 if g.pv_drivers else 0}",
         # emulated disks on AHCI, not IDE: SeaBIOS and the guest then move sectors by DMA
         # instead of an I/O exit per word (under QEMU's TCG, minutes of the boot)

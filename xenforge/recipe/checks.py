@@ -36,9 +36,14 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
         line = loaded.kernel_lines.get(key)
         for i, frag in enumerate(k.fragments):
             if isinstance(frag, Path):
-                if path_kind(frag) != "file":
+                from xenforge.recipe.types import not_a_file
+
+                wrong = not_a_file(frag)  # a folder, FIFO or /proc is never read as one
+                if path_kind(frag) is None:
                     add(("kernels", key, "fragments", i), f"fragment not found: {frag}",
                         "relative paths are relative to the recipe")
+                elif wrong is not None:
+                    add(("kernels", key, "fragments", i), *wrong)
             elif line is not None and frag not in line.fragments:
                 add(("kernels", key, "fragments", i), f"unknown fragment {frag!r}",
                     f"the line {line.name} has: {', '.join(sorted(line.fragments)) or 'none'}"

@@ -4,6 +4,7 @@ cross-field checks. Every problem of every file is collected and reported at onc
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import re
 import types
@@ -74,14 +75,28 @@ def _copy_origins(src: Origins, dst: Origins, loc: Loc) -> None:
 MAX_EXTENDS_DEPTH = 16
 
 
+#: per load: a file's merged data and origins, and how many files deep its own chain goes
+_Merged = dict[Path, tuple[dict[str, Any], Origins, int]]
+
+
 def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem],
-                       seen: dict[Path, tuple[Any, Origins]] | None = None
-                       ) -> tuple[dict[str, Any], Origins]:
-    """The merged data of ``file`` and what it extends. Each file is read once per load
-    (``seen``), however often the chains name it; a file listed twice in one ``extends``
-    and chains deeper than MAX_EXTENDS_DEPTH are errors."""
+                       seen: dict[Path, tuple[Any, Origins]] | None = None,
+                       done: _Merged | None = None) -> tuple[dict[str, Any], Origins]:
+    """The merged data of ``file`` and what it extends. Each file is read (``seen``) and
+    merged with what it extends (``done``) once per load, however often the chains name it
+    (four files a level, each extending the four below, are 4^11 chains but 44 merges); a
+    file listed twice in one ``extends`` and chains deeper than MAX_EXTENDS_DEPTH are
+    errors. The data returned is shared: callers copy what they change."""
     file = resolved(file)
     seen = {} if seen is None else seen
+    done = {} if done is None else done
+    if file in done:
+        data, origins, height = done[file]
+        if len(stack) + height >= MAX_EXTENDS_DEPTH:
+            problems.append(Problem(file, None, "extends", f"extends nests deeper than "
+                                    f"{MAX_EXTENDS_DEPTH} files", "flatten the chain"))
+            raise _Unreadable
+        return data, origins
     try:
         if file not in seen:
             seen[file] = load_yaml(file)
@@ -106,6 +121,7 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem],
                                 f"{MAX_EXTENDS_DEPTH} files", "flatten the chain"))
         raise _Unreadable
     listed: set[Path] = set()
+    height = 0
     if isinstance(extends, list):
         for i, ref in enumerate(extends):
             pos = origins.find(("extends", i))
@@ -129,12 +145,14 @@ def _read_with_extends(file: Path, stack: list[Path], problems: list[Problem],
                                         f"extended recipe not found: {target}",
                                         "paths in extends are relative to this file"))
                 continue
-            base, base_o = _read_with_extends(target, [*stack, file], problems, seen)
-            base.pop("extends", None)
-            base.pop("name", None)  # a name belongs to its own file
+            base, base_o = _read_with_extends(target, [*stack, file], problems, seen, done)
+            height = max(height, 1 + done[target][2])
+            base = {k: v for k, v in base.items()
+                    if k not in ("extends", "name")}  # a name belongs to its own file
             merged = merge(merged, base, merged_o, base_o)
-    merged = merge(merged, data, merged_o, origins)
-    return _drop_nulls(merged), merged_o
+    merged = _drop_nulls(merge(merged, data, merged_o, origins))
+    done[file] = (merged, merged_o, height)
+    return merged, merged_o
 
 
 class _Unreadable(Exception):
@@ -191,6 +209,8 @@ def _problem(model: type[BaseModel], err: Any, origins: Origins, file: Path,
             hint = "relative paths are relative to the file that names them"
     elif kind.endswith("_type") or kind.endswith("_parsing"):
         msg = f"{msg} (got {_short(err.get('input'))})"
+        if kind == "string_type" and isinstance(err.get("input"), int | float | datetime.date):
+            hint = "YAML read it as a number or a date: quote it (\"...\") to make it text"
     elif kind == "string_pattern_mismatch":
         msg = f"{_short(err.get('input'))} is not a valid value: {msg}"
         if (loc and loc[-1] in ("name",)) or (len(loc) >= 2 and isinstance(loc[-1], str)):
@@ -367,6 +387,7 @@ def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...],
         line = _load_spec(KernelLine, line_file, problems)
         if line is not None:
             loaded.kernel_lines[key] = line
+    nested = False
     for i, g in enumerate(recipe.guests):
         if g.recipe.resolve() in (*stack, file):
             pos = origins.find(("guests", i, "recipe"))
@@ -374,11 +395,21 @@ def _load(file: Path, problems: list[Problem], stack: tuple[Path, ...],
                                     f"guests[{i}].recipe", "a guest recipe refers back to "
                                     "its host", "a guest recipe must not list guests"))
             continue
+        if stack:  # a guest's own guests: each level of them multiplied the plan's work
+            nested = True
+            continue
         target = g.recipe.resolve()
         if target not in guests:
             guests[target] = _load(g.recipe, problems, (*stack, file), guests)
         sub = guests[target]
         if sub is not None:
             loaded.guests[g.name] = sub
+    if nested:
+        pos = origins.find(("guests",))
+        problems.append(Problem(pos[0] if pos else file, pos[1] if pos else None, "guests",
+                                f"{file.name} is a guest recipe (of {stack[-1].name}) and "
+                                "lists guests: guests do not nest",
+                                "remove `guests:` from it, or build it as a host recipe of "
+                                "its own"))
     problems.extend(check_recipe(loaded, origins))
     return loaded

@@ -17,9 +17,11 @@ from xenforge.recipe.types import (
     FragmentRef,
     HostName,
     Maintainer,
+    MirrorUrl,
     Model,
     Name,
     PackageName,
+    SeriesDir,
     SizeMiB,
     UnitName,
 )
@@ -55,7 +57,7 @@ class HypervisorSection(Model):
     spec: FilePath = Field(description="Xen build spec, e.g. ../hypervisor/xen-4.17.yaml")
     config: list[FilePath] = Field(default_factory=list,
                                    description="extra Kconfig fragments over the spec's")
-    patches: DirPath | None = Field(None, description="replace the spec's patch series")
+    patches: SeriesDir | None = Field(None, description="replace the spec's patch series")
     source: SourceSpec | None = Field(None, description="replace the spec's pinned source")
     toolstack: bool = Field(True, description="build xl/libxl/xenstored")
     packages: bool = Field(True, description="package hypervisor and toolstack as .debs")
@@ -71,7 +73,7 @@ class KernelSection(Model):
     fragments: list[FragmentRef] = Field(
         default_factory=list, description="fragment names from the line (base, dom0, domu) "
         "or paths to .config files, merged in order")
-    patches: DirPath | None = Field(None, description="replace the line's patch series")
+    patches: SeriesDir | None = Field(None, description="replace the line's patch series")
     source: SourceSpec | None = Field(None, description="replace the line's pinned source")
     package: bool = Field(True, description="build a linux-image .deb")
     cmdline: CmdLine | None = Field(None, description="the kernel's command line in images "
@@ -84,8 +86,8 @@ class Target(Model):
     distribution: Literal["debian"] = "debian"
     release: Name = Field(defaults.RELEASE, description="a release of releases/ "
                           "(debian-RELEASE.yaml), e.g. trixie")
-    mirror: str | None = Field(None, description="default: the release file's")
-    security_mirror: str | None = Field(None, description="default: the release file's")
+    mirror: MirrorUrl | None = Field(None, description="default: the release file's")
+    security_mirror: MirrorUrl | None = Field(None, description="default: the release file's")
 
 
 class ImageSection(Model):

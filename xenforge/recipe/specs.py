@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from xenforge.recipe.types import DirPath, FilePath, Model, Name, Released
+from xenforge.recipe.types import FilePath, MirrorUrl, Model, Name, Released, SeriesDir
 from xenforge.sources.specs import SourceSpec
 from xenforge.stages.toolstack import check_configure_flag
 
@@ -27,7 +27,7 @@ class HypervisorSpec(Model):
     name: Name
     version: str = Field(description="upstream Xen version, e.g. 4.17.5")
     source: SourceSpec
-    patches: DirPath | None = Field(None, description="folder with a quilt `series`")
+    patches: SeriesDir | None = Field(None, description="folder with a quilt `series`")
     config: list[FilePath] = Field(default_factory=list, description="Kconfig fragments")
     released: Released | None = Field(None, description="date of the pinned source (its "
                                       "Debian changelog entry): the build's SOURCE_DATE_EPOCH")
@@ -50,9 +50,9 @@ class ReleaseSpec(Model):
     distribution: Literal["debian"]
     release: Name = Field(description="the codename, e.g. trixie")
     version: str = Field(description="e.g. 13")
-    mirror: str
-    security_mirror: str
-    security_suite: str
+    mirror: MirrorUrl
+    security_mirror: MirrorUrl
+    security_suite: Name
     buildroot: BuildrootSpec
 
 
@@ -62,7 +62,7 @@ class KernelLine(Model):
     schema_: Literal[1] = Field(alias="schema")
     name: Name
     source: SourceSpec
-    patches: DirPath | None = Field(None, description="folder with a quilt `series`")
+    patches: SeriesDir | None = Field(None, description="folder with a quilt `series`")
     fragments: dict[Name, FilePath] = Field(default_factory=dict,
                                             description="named Kconfig fragments")
     released: Released | None = Field(None, description="date of the pinned source (its "

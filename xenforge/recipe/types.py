@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from xenforge.core.paths import path_kind, resolved
+from xenforge.lib.archive import MIRROR_PATTERN
 from xenforge.lib.xl import UNSAFE_CMDLINE_CHARS
 from xenforge.limits import MAX_IMAGE_MIB, MIN_DISK_MIB
 from xenforge.recipe.yamlload import Located
@@ -39,14 +40,28 @@ def resolve_path(value: Any) -> Any:
     return value
 
 
-def _regular_file(p: Path) -> Path:
+def not_a_file(p: Path) -> tuple[str, str] | None:
+    """What keeps ``p`` from being read as a regular file - (message, hint) - or None: it
+    is missing (a dangling symlink, a symlink loop), a folder, a device, FIFO or socket
+    (reading one never ends), or this user may not read it."""
     kind = path_kind(p)
     if kind is None:
-        raise ValueError(f"no such file: {p}")
+        return f"no such file: {p}", "relative paths are relative to the file that names them"
     if kind != "file":
-        raise ValueError(f"{p} is a {'folder' if kind == 'dir' else 'special file'}, "
-                         "not a regular file")
-    return p
+        return (f"{p} is a {'folder' if kind == 'dir' else 'special file'}, not a regular "
+                "file", "name a regular file (a device, FIFO or folder is never read)")
+    if not os.access(p, os.R_OK):
+        return f"{p} cannot be read (permission denied)", "make it readable, or name another"
+    return None
+
+
+def _regular_file(p: Path) -> Path:
+    wrong = not_a_file(p)
+    if wrong is None:
+        return p
+    if wrong[0].startswith("no such file"):
+        raise ValueError(wrong[0])  # (load.py gives its hint)
+    raise PydanticCustomError("path_kind", "{message}", {"message": wrong[0], "hint": wrong[1]})
 
 
 def _directory(p: Path) -> Path:
@@ -54,7 +69,22 @@ def _directory(p: Path) -> Path:
     if kind is None:
         raise ValueError(f"no such folder: {p}")
     if kind != "dir":
-        raise ValueError(f"not a folder: {p}")
+        raise PydanticCustomError("path_kind", "not a folder: {path} (a {kind})", {
+            "path": str(p), "kind": "file" if kind == "file" else "device, FIFO or socket",
+            "hint": "name a folder"})
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise PydanticCustomError("path_kind", "{path} cannot be read (permission denied)",
+                                  {"path": str(p), "hint": "make it readable, or name "
+                                   "another"})
+    return p
+
+
+def _series_dir(p: Path) -> Path:
+    if path_kind(p / "series") != "file":
+        raise PydanticCustomError(
+            "no_series", "patch folder {path} has no series file",
+            {"path": str(p), "hint": "list its patches in order in a file named `series` "
+             "in it, one per line"})
     return p
 
 
@@ -62,6 +92,9 @@ def _directory(p: Path) -> Path:
 FilePath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_regular_file)]
 #: a folder that must exist, relative to the file that names it
 DirPath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_directory)]
+#: a patch series: a folder with a ``series`` file (checked at validate, not by the tree
+#: stage); the patches it lists are checked when the build is planned
+SeriesDir = Annotated[DirPath, AfterValidator(_series_dir)]
 
 #: names used as keys and references: lower case, digits, dot, dash, underscore
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]
@@ -120,8 +153,10 @@ def _cmdline(value: Any) -> Any:
         bad = sorted({c for c in value if c in UNSAFE_CMDLINE_CHARS or not c.isprintable()})
         if bad:
             shown = " ".join("newline" if c == "\n" else repr(c) for c in bad)
-            raise ValueError(f"a command line may not contain {shown} (it is written into "
-                             "boot menus and xl configs)")
+            raise PydanticCustomError(
+                "cmdline", "a command line may not contain {shown} (it is written into boot "
+                "menus and xl configs)", {"shown": shown, "hint": "one line of words without "
+                                          "quotes: e.g. console=hvc0 loglevel=4"})
     return value
 
 
@@ -178,3 +213,19 @@ def _released(value: Any) -> Any:
 #: seconds (UTC)
 Released = Annotated[int, BeforeValidator(_released), WithJsonSchema({
     "type": "string", "format": "date", "description": "a date such as 2025-07-31"})]
+
+
+def _mirror(value: Any) -> Any:
+    if isinstance(value, str) and (len(value) > 512 or not re.fullmatch(MIRROR_PATTERN, value)):
+        raise PydanticCustomError(
+            "mirror_url", "{shown} is not a mirror URL", {
+                "shown": repr(value) if len(value) < 60 else repr(value[:57] + "..."),
+                "hint": "one URL such as http://mirror.example.org/debian (no spaces, quotes or "
+                        "newlines: it is written into sources.list)"})
+    return value
+
+
+#: a Debian archive mirror: a URL of one word, no space, quote or newline (it goes into a
+#: sources.list line and a debootstrap argv)
+MirrorUrl = Annotated[str, AfterValidator(_mirror),
+                      WithJsonSchema({"type": "string", "pattern": MIRROR_PATTERN})]

@@ -39,6 +39,7 @@ from xenforge.core.errors import InputError
 from xenforge.core.hashing import tree_hash
 from xenforge.core.model import FrozenModel
 from xenforge.core.paths import path_kind
+from xenforge.sources.pathcheck import source_problem
 
 KINDS = ("url", "apt", "deb", "path")
 SOURCE_JSON = "source.json"
@@ -268,6 +269,10 @@ class PathSource(_Source):
             raise PydanticCustomError(
                 "source_path_special", "{path} is a device, FIFO or socket, not a file or "
                 "folder", {"path": str(p), "hint": "name a source file or folder"})
+        wrong = source_problem(p)  # /, /proc, a FIFO inside, names that cannot be hashed
+        if wrong is not None:
+            raise PydanticCustomError("source_path_tree", "{message}",
+                                      {"message": wrong[0], "hint": wrong[1]})
         return p
 
     def identity(self) -> dict[str, Any]:

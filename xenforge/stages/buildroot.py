@@ -30,6 +30,7 @@ from xenforge.core import leftovers
 from xenforge.core.errors import StageFailed
 from xenforge.core.files import write_json_atomic
 from xenforge.core.run import Result
+from xenforge.lib.archive import MIRROR_PATTERN
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
 #: what the stages' commands need of the root besides the listed packages
@@ -39,9 +40,9 @@ ESSENTIAL = ("ca-certificates",)
 class BuildrootOptions(StageOptions):
     distribution: str = Field(pattern=r"^[a-z]+$")
     release: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="codename, e.g. trixie")
-    mirror: str
-    security_mirror: str
-    security_suite: str
+    mirror: str = Field(pattern=MIRROR_PATTERN)
+    security_mirror: str = Field(pattern=MIRROR_PATTERN)
+    security_suite: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     packages: tuple[str, ...] = Field(min_length=1)
 
 

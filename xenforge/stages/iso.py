@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from xenforge.core import leftovers
 from xenforge.core.errors import StageFailed
@@ -43,7 +43,7 @@ from xenforge.core.hashing import sha256_file
 from xenforge.lib import gptdisk
 from xenforge.lib.ext4 import Edits, Ext4Image
 from xenforge.lib.isoseed import SEED_FILE, SEED_LABEL
-from xenforge.lib.xl import Guest
+from xenforge.lib.xl import Guest, safe_cmdline
 from xenforge.stages.base import Stage, StageContext, StageOptions
 from xenforge.stages.disk import add_guest, guest_disk_file, guest_records, host_inputs
 
@@ -97,6 +97,11 @@ class IsoOptions(StageOptions):
     esp_size: int = Field(ge=33, description="MiB of the ESP the installer makes")
     access_user: str = Field(pattern=r"^[a-z_][a-z0-9_-]*$")
     guests: tuple[Guest, ...] = ()
+
+    @field_validator("xen_cmdline", "kernel_cmdline", "linux_cmdline")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return safe_cmdline(value)  # written into the ISO's grub.cfg and install.conf
 
 
 def with_vga(xen_cmdline: str) -> str:
