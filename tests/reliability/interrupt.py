@@ -191,7 +191,8 @@ class Xenforge:
             deps: list[str] = []
             for ref in n["inputs"].values():
                 deps += [ref] if isinstance(ref, str) else list(ref)
-            nodes[n["name"]] = NodeInfo(n["name"], n["id"], n["stage"], tuple(deps))
+            nodes[n["name"]] = NodeInfo(n["name"], n["id"], n["stage"], tuple(deps),
+                                        n.get("options") or {})
         return nodes
 
 
@@ -237,6 +238,7 @@ class NodeInfo:
     id: str
     stage: str
     deps: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def upstream(nodes: Mapping[str, NodeInfo], name: str) -> list[str]:
@@ -438,7 +440,9 @@ class Kill:
     rc: int | None = None
     exit_seconds: float = 0.0  # from the signal to the end of xenforge
     doing: str = ""  # the last command in the node's log when the signal was sent
-    left: Leftovers = field(default_factory=Leftovers)  # right after xenforge ended
+    left: Leftovers = field(default_factory=Leftovers)  # once xenforge ended (and settled)
+    at_exit: Leftovers = field(default_factory=Leftovers)  # SIGKILL: the moment it died
+    settled_seconds: float = 0.0  # SIGKILL: until nothing was left (or ``settle``)
     debris: list[str] = field(default_factory=list)
     committed: bool = False  # the node's object was in the store after the kill
     problems: list[str] = field(default_factory=list)
@@ -492,6 +496,7 @@ class Config:
     control: bool = True
     build_timeout: float = 7200.0
     exit_timeout: float = 180.0  # after SIGINT, xenforge must end within this
+    settle: float = 30.0  # after SIGKILL, what it left must be gone within this
     log: Callable[[str], None] = print
 
     @property
@@ -619,8 +624,17 @@ def interrupt_once(cfg: Config, ref: Reference, trial: Trial, cache: Path, out: 
     if trial.signal != "KILL" and "Traceback" in err:
         kill.problems.append(f"a traceback after SIG{trial.signal}: {err.strip()[-800:]}")
     kill.left = host_leftovers(cfg.base)
-    if kill.left and trial.signal != "KILL":  # a SIGKILLed xenforge cannot clean up itself
-        kill.problems.append(f"left after SIG{trial.signal}: {kill.left.summary()}: "
+    if trial.signal == "KILL":  # xenforge cannot clean up; its watchdog must, at once
+        kill.at_exit = kill.left
+        gone = time.monotonic()
+        while kill.left and time.monotonic() - gone < cfg.settle:
+            time.sleep(0.2)
+            kill.left = host_leftovers(cfg.base)
+        kill.settled_seconds = round(time.monotonic() - gone, 1)
+    if kill.left:
+        kill.problems.append(f"left after SIG{trial.signal}"
+                             + (f" (after {cfg.settle:.0f}s)" if trial.signal == "KILL" else "")
+                             + f": {kill.left.summary()}: "
                              + "; ".join((kill.left.processes + kill.left.mounts
                                           + kill.left.loops + kill.left.qemu)[:5]))
     if kill.left.qemu:
@@ -661,10 +675,12 @@ def run_trial(cfg: Config, ref: Reference, name: str, sig: str, rng: random.Rand
         trial.kills.append(kill)
         cfg.log(f"  {name} SIG{sig} #{len(trial.kills)}: at {kill.after:.1f}s "
                 f"({kill.fraction:.0%}), exit {kill.rc} after {kill.exit_seconds:.1f}s, "
-                f"left {kill.left.summary()}, debris {len(kill.debris)}"
+                + (f"at death {kill.at_exit.summary()}, after {kill.settled_seconds}s "
+                   if sig == "KILL" else "")
+                + f"left {kill.left.summary()}, debris {len(kill.debris)}"
                 + (", committed" if kill.committed else "")
                 + (f"; PROBLEM {kill.problems}" if kill.problems else ""))
-        if kill.left and sig != "KILL":
+        if kill.left:
             clean_host(cfg.base, kill.left)  # recorded as a problem; do not blame the next
         if kill.committed:  # nothing left to interrupt in this state: start over
             fresh_state(cfg.reference_cache, cache, ref.nodes, name)
@@ -741,7 +757,7 @@ def run_suite(cfg: Config) -> dict[str, Any]:
         "recipe": str(cfg.recipe), "kills": cfg.kills, "signals": list(cfg.signals),
         "seed": cfg.seed, "seconds": round(time.monotonic() - t0, 1),
         "reference_seconds": round(ref.build_seconds, 1),
-        "nodes": {n: {"stage": nodes[n].stage, "id": nodes[n].id,
+        "nodes": {n: {"stage": nodes[n].stage, "id": nodes[n].id, "deps": nodes[n].deps,
                       "reference_seconds": ref.seconds.get(n),
                       "control_seconds": ref.control_seconds.get(n),
                       "files": len(ref.digests.get(n, {})),
@@ -763,14 +779,16 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['seconds'] / 60:.1f} min; overall: "
              f"{'OK' if report['ok'] else 'PROBLEMS'}", "",
              "| node | stage | signal | kills | killed at (s after start, % of run) | exit "
-             "| left after kill | left after rebuild | debris after rebuild | rebuilt "
+             "| left after kill (SIGKILL: at death -> settled) | left after rebuild "
+             "| debris after rebuild | rebuilt "
              "| equal | problems |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in report["trials"]:
         kills = t["kills"]
         at = ", ".join(f"{k['after']:.1f} ({k['fraction']:.0%})" for k in kills) or "-"
         rcs = ", ".join(str(k["rc"]) for k in kills) or "-"
-        left = ", ".join(_left_summary(k["left"]) for k in kills) or "-"
+        left = ", ".join((f"{_left_summary(k['at_exit'])} -> " if t["signal"] == "KILL"
+                          else "") + _left_summary(k["left"]) for k in kills) or "-"
         problems = [p for k in kills for p in k["problems"]] + t["problems"]
         lines.append(
             f"| {t['node']} | {t['stage']} | SIG{t['signal']} | {len(kills)}"

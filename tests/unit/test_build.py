@@ -243,7 +243,10 @@ def test_sigkill_in_the_middle_of_a_node_leaves_nothing_that_is_reused(fx: Path,
         cache = Cache(cache_dir)
         assert not cache.has(src_id) and not cache.object_dir(src_id).exists()
         assert not cache.has(tree_id)
-        assert staging[0].exists()  # what the killed run left: never read, removed below
+        deadline = time.monotonic() + 30  # what the killed run left: never read; its
+        while staging[0].exists() and time.monotonic() < deadline:  # watchdog deletes it
+            time.sleep(0.1)
+        assert not staging[0].exists(), "the killed build's watchdog left its staging dir"
         assert not (cache.scratch("downloads") / "sha256" / sha).exists()
         assert not (out / "mini-kernel").exists()
 
@@ -273,6 +276,12 @@ def test_sigkill_in_the_middle_of_a_node_leaves_nothing_that_is_reused(fx: Path,
         server.close()
 
 
+def _waits_for_a_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked taking a file lock (a ``->`` line in /proc/locks)."""
+    return any(line.split()[1:2] == ["->"] and str(pid) in line.split()
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
 def test_a_build_waits_for_a_concurrent_build_of_the_same_node(fx: Path, tmp_path: Path
                                                                ) -> None:
     """Two `xenforge build` processes on one cache: the second waits on the node lock and
@@ -296,8 +305,12 @@ def test_a_build_waits_for_a_concurrent_build_of_the_same_node(fx: Path, tmp_pat
         assert server.half_sent.wait(60)
         second = subprocess.Popen([*argv, "-o", str(tmp_path / "out2")], cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(2)  # the second one is now waiting for the lock of source:mini
-        assert second.poll() is None
+        # the second one waits for the lock of source:mini (however long it takes to start)
+        deadline = time.monotonic() + 120
+        while not _waits_for_a_lock(second.pid):
+            assert second.poll() is None, second.communicate()[0]
+            assert time.monotonic() < deadline, "the second build never waited for the lock"
+            time.sleep(0.05)
         server.stall.clear()
         server.release.set()
         out1, _ = first.communicate(timeout=120)
@@ -354,6 +367,54 @@ def _start_hanging_build(cache_dir: Path, pidfile: Path, node: str) -> tuple[
     return proc, int(pidfile.read_text())
 
 
+def _watchdog_of(pid: int) -> int:
+    """The watchdog (xenforge.core.reaper) that the build process ``pid`` started."""
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"xenforge.core.reaper" in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"build {pid} has no watchdog")
+
+
+def test_a_killed_builds_watchdog_stops_its_commands_at_once(tmp_path: Path) -> None:
+    """SIGKILL runs none of xenforge's clean-up: its watchdog stops the commands it left
+    and deletes the node's staging and work dirs at once, without waiting for a next
+    build; a live build's command on the same cache is left alone (the shell and its
+    sleep are the killed build's two processes)."""
+    cache_dir = tmp_path / "cache"
+    killed, orphan = _start_hanging_build(cache_dir, tmp_path / "orphan.pid", "killed")
+    live, live_child = _start_hanging_build(cache_dir, tmp_path / "live.pid", "live")
+    try:
+        watchdog = _watchdog_of(killed.pid)
+        assert list((cache_dir / "work").iterdir()) and list((cache_dir / "tmp").iterdir())
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(30)
+        deadline = time.monotonic() + 30
+        while (_alive(orphan) or _alive(watchdog)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(orphan), "the killed build's command still runs"
+        assert not _alive(watchdog), "the watchdog did not finish"
+        assert _alive(live_child), "a running build's command was killed"
+        live_id = [p.name for p in (cache_dir / "work").iterdir()]
+        assert len(live_id) == 1 and [p.name.split(".")[0] for p in
+                                      (cache_dir / "tmp").iterdir()] == live_id
+        log = (cache_dir / "state" / "logs" / "hang" / "build.log").read_text()
+        assert "the build died; stopped 2 process(es) it left running, deleted 2 " \
+            "staging/work dir(s)" in log, log
+    finally:
+        for p in (killed, live):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for pid in (orphan, live_child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_commands_a_killed_build_left_running_are_stopped_by_the_next_build(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SIGKILLed xenforge cannot stop its commands (they run in their own process group):
@@ -367,6 +428,8 @@ def test_commands_a_killed_build_left_running_are_stopped_by_the_next_build(
     other, other_child = _start_hanging_build(tmp_path / "other-cache",
                                               tmp_path / "other.pid", "killed")
     try:
+        # everything the build started is killed at once (a cgroup kill), its watchdog too
+        os.kill(_watchdog_of(killed.pid), signal.SIGKILL)
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait(30)
         assert _alive(orphan)  # nothing stopped it so far

@@ -236,3 +236,27 @@ def test_die_with_parent_when_the_caller_is_sigkilled(tmp_path: Path, die: bool)
         caller.kill()
         with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+AUTOGROUP = """
+import sys
+from xenforge.core import run as runner
+with open("/proc/self/autogroup", "w") as f:  # what `echo 7 > /proc/$$/autogroup` does
+    f.write("7")
+print(runner.run(["cat", "/proc/self/autogroup"], capture=True).stdout.strip())
+"""
+
+
+def test_commands_keep_the_autogroup_nice_of_xenforge() -> None:
+    """Each command runs in a session of its own, which is a scheduler autogroup of its own:
+    the nice value given to xenforge's (`echo 19 > /proc/$$/autogroup` in its shell, to
+    share the cores) must hold for the commands too, or a compile runs at full priority."""
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("the kernel has no autogroups (CONFIG_SCHED_AUTOGROUP)")
+    # a session of its own: this test's autogroup (pytest's) stays as it is
+    proc = subprocess.run([sys.executable, "-c", AUTOGROUP], capture_output=True, text=True,
+                          timeout=60, start_new_session=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    group, _, nice = proc.stdout.strip().rpartition(" nice ")
+    assert nice == "7", proc.stdout
+    assert group, proc.stdout

@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import contextlib
 import os
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -90,6 +91,14 @@ class Executor:
         return self.logs_dir / f"{node.name.replace(':', '-').replace('/', '_')}.log"
 
     def run(self) -> dict[str, NodeResult]:
+        # if this process is killed, a watchdog stops its commands and releases their
+        # mounts at once (xenforge.core.reaper); the next build also looks, in case that
+        # one was killed too
+        with runner.watchdog([sys.executable, "-m", "xenforge.core.reaper",
+                              str(self.cache.root)], log=self.logs_dir / "build.log"):
+            return self._run()
+
+    def _run(self) -> dict[str, NodeResult]:
         orphans = runner.stop_orphans(self.cache.orphaned)
         if orphans:
             self.progress.line(f"stopped {len(orphans)} process(es) a killed build left running")

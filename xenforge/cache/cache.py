@@ -17,7 +17,9 @@ Layout below the cache root (``~/.cache/xenforge`` by default)::
                                     of the user ($XENFORGE_CCACHE_DIR overrides)
 
 A build killed at any moment leaves at most a stale ``tmp/`` or ``work/`` entry, which is
-never read and is removed by the next build of that node (under its lock) or by ``gc``.
+never read; the killed build's watchdog (:mod:`xenforge.core.reaper`) removes it at once,
+after stopping the commands the build left running, else the next build of that node
+(under its lock) or ``gc`` does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,24 @@ from xenforge.core import run as runner
 from xenforge.core.errors import InputError, XenforgeError
 from xenforge.core.files import file_lock, try_file_lock
 from xenforge.core.leftovers import remove_tree
+
+
+@dataclass
+class Stale:
+    """What :meth:`Cache.clear_stale` found of builds that died."""
+
+    processes: list[int] = field(default_factory=list)  # stopped
+    removed: list[str] = field(default_factory=list)  # "tmp/ID.PID.X", "work/ID"
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = []
+        if self.processes:
+            parts.append(f"stopped {len(self.processes)} process(es) it left running")
+        if self.removed:
+            parts.append(f"deleted {len(self.removed)} staging/work dir(s)")
+        parts += self.errors
+        return ", ".join(parts) or "nothing was left"
 
 
 def default_root() -> Path:
@@ -209,12 +230,10 @@ class Cache:
         recipe's node (``refs/``) is always kept, even if the cache stays over the size."""
         removed: list[Entry] = []
         if not dry_run:
-            runner.stop_orphans(self.orphaned)  # commands of dead builds writing in there
-        for stale in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
-            # held while deleting: a build that starts meanwhile waits, then makes a new one
-            with self.try_lock(stale.name.split(".")[0]) as free:
-                if free and not dry_run:
-                    remove_tree(stale)
+            stale = self.clear_stale()
+            if stale.errors:
+                raise XenforgeError(stale.errors[0], hint="free what it names (umount -R a "
+                                    "mount left there), then run the command again")
         for obj in list(self.store.objects()):  # no (valid) manifest: no object, only debris
             with self.try_lock(obj.name) as free:
                 if free and not dry_run and self.store.read_manifest(obj.name) is None:
@@ -240,6 +259,27 @@ class Cache:
                 removed.append(e)
                 total -= e.size
         return removed
+
+    def clear_stale(self) -> Stale:
+        """What builds that died left: their commands still running are stopped (those
+        marked with a node lock nobody holds, see run.stop_orphans), then the staging and
+        work dirs of nodes nobody builds are deleted, mounts and loop devices below them
+        released first. Each dir is deleted under its node's lock (a build that starts
+        meanwhile waits, then makes a new one), so a live build's are never touched. For
+        ``gc``, and right after a build is killed (:mod:`xenforge.core.reaper`)."""
+        stale = Stale(processes=runner.stop_orphans(self.orphaned))
+        for entry in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
+            with self.try_lock(entry.name.split(".")[0]) as free:
+                if not free:
+                    continue
+                try:
+                    remove_tree(entry)
+                except (XenforgeError, OSError) as exc:
+                    stale.errors.append(exc.message if isinstance(exc, XenforgeError)
+                                        else f"cannot delete {entry}: {exc.strerror}")
+                else:
+                    stale.removed.append(f"{entry.parent.name}/{entry.name}")
+        return stale
 
     def scratch_entries(self) -> list[Entry]:
         """Entries of the gc-able scratch dirs (``scratch/kbuild/NAME``, each with NAME.lock),

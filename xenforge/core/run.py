@@ -152,6 +152,7 @@ def run(
             f"command not found: {args[0]}",
             hint="run ci/setup-host.sh as root to install the host tools xenforge needs",
         ) from exc
+    _share_autogroup(proc.pid)
     with _live_lock:
         _live.add(proc)
         cancelled_meanwhile = _cancelled.is_set()  # kill_all() ran between the check and now
@@ -201,6 +202,22 @@ def run(
     return result
 
 
+def _share_autogroup(pid: int) -> None:
+    """Give a command's new session this process's scheduler autogroup nice value: each
+    session is an autogroup of its own, so without this ``echo 19 > /proc/$$/autogroup``
+    in the shell that runs xenforge would lower xenforge but not its compilers (a plain
+    ``nice`` value is inherited, an autogroup's is not). Nothing to do without autogroups,
+    or for a command that is no longer ours to renice (setuid)."""
+    try:
+        with open("/proc/self/autogroup", encoding="ascii") as f:
+            nice = f.read().split()[-1]  # "/autogroup-123 nice 19"
+        if nice != "0":
+            with open(f"/proc/{pid}/autogroup", "w", encoding="ascii") as f:
+                f.write(nice)
+    except (OSError, IndexError):
+        pass
+
+
 def _wait(proc: subprocess.Popen[bytes], timeout: float | None,
           cancel: threading.Event | None) -> int:
     if cancel is None:
@@ -225,6 +242,51 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@contextlib.contextmanager
+def watchdog(argv: Sequence[str], *, log: Path | None = None) -> Iterator[None]:
+    """Start ``argv``, a helper that outlives this process if it is killed, for the block.
+
+    The helper's stdin is a pipe that only this process holds. When the block ends
+    (normally or by an exception: xenforge cleaned up itself) it reads ``done`` and exits.
+    If this process dies first (SIGKILL, the OOM killer) the kernel closes the pipe and
+    the helper reads end-of-file alone: its cue to do what a dead process cannot, at once
+    (:mod:`xenforge.core.reaper`). It runs in a session of its own, so neither a terminal's
+    Ctrl-C nor a kill of xenforge's process group reaches it; its output goes to ``log``.
+    """
+    read, write = os.pipe()  # not inheritable: no command of the build holds it open
+    env = {k: v for k, v in os.environ.items() if k != OWNER_VAR}
+    package_root = str(Path(__file__).resolve().parents[2])  # the helper imports xenforge
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
+                                                      env.get("PYTHONPATH")]))
+    errors: IO[str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            errors = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen([*argv], stdin=read, stdout=errors or subprocess.DEVNULL,
+                                stderr=errors or subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        _share_autogroup(proc.pid)
+    except OSError as exc:  # only a safety net: the next build cleans up instead
+        _log.warning("no watchdog (%s): a killed build is cleaned up by the next one", exc)
+    finally:
+        os.close(read)
+        if errors is not None:
+            errors.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.write(write, b"done\n")
+        os.close(write)
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # still starting on a loaded host: it will go
+                _log.debug("watchdog %s still running", argv)
 
 
 @contextlib.contextmanager
