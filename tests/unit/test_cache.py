@@ -509,3 +509,30 @@ def test_an_input_edited_during_a_build_never_poisons_the_cache(cache: Cache,
     patch.write_text("original\n")
     assert Executor(graph(), cache, Progress(quiet=True), jobs=2).run()["slow"].status == \
         "built"
+
+
+def test_clear_stale_takes_only_what_dead_builds_left(tmp_path: Path) -> None:
+    """What a killed build's watchdog and gc delete: staging and work dirs of nodes nobody
+    holds the lock of and whose process (named in the entry) is dead - never a live
+    process's remote upload (it runs after the node's lock is released), a dir of a node
+    being built, or another process's dot-file."""
+    cache = Cache(tmp_path / "cache")
+    live, dead = os.getpid(), 2 ** 22 + 1  # above pid_max's default: no such process
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    names = {"tmp": [f"{a}.{dead}.1f2e", f"{a}.push.{live}.9a8b.tar.zst",
+                     f"{a}.push.{dead}.9a8b.tar.zst", f"{b}.{live}.77aa", f"{a}.gc.3c3c",
+                     ".xenforge-probe-x1y2", f"{c}.{dead}.0000"],
+             "work": [a, c]}
+    for area, entries in names.items():
+        for name in entries:
+            (tmp_path / "cache" / area / name).mkdir()
+    with cache.lock(c):  # a build of c runs: its dirs are its own
+        stale = cache.clear_stale()
+    assert sorted(stale.removed) == sorted([f"tmp/{a}.{dead}.1f2e",
+                                            f"tmp/{a}.push.{dead}.9a8b.tar.zst",
+                                            f"tmp/{a}.gc.3c3c", f"work/{a}"])
+    assert sorted(p.name for p in cache.tmp_dir.iterdir()) == sorted(
+        [f"{a}.push.{live}.9a8b.tar.zst", f"{b}.{live}.77aa", ".xenforge-probe-x1y2",
+         f"{c}.{dead}.0000"])
+    assert [p.name for p in cache.work_dir.iterdir()] == [c]
+    assert not stale.errors and "deleted 4 staging/work dir(s)" in stale.summary()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -59,6 +60,21 @@ class Stale:
             parts.append(f"deleted {len(self.removed)} staging/work dir(s)")
         parts += self.errors
         return ", ".join(parts) or "nothing was left"
+
+
+#: a ``tmp/`` entry made by a process whose pid it names: a staging dir (ID.PID.X) and a
+#: remote cache's download (ID.fetch.PID.X) or upload archive (ID.push.PID.X.tar.zst)
+_OWNED = re.compile(r"^[0-9a-f]+\.(?:fetch\.|push\.)?(\d+)\.")
+
+
+def _in_use(name: str) -> bool:
+    """Whether a ``tmp/`` or ``work/`` entry may still be in use without its node's lock
+    held: one whose process is alive (an upload runs after the node's lock is released),
+    or a dot-file (a probe of check_writable, gone in a moment)."""
+    if name.startswith("."):
+        return True
+    owner = _OWNED.match(name)
+    return owner is not None and runner.running(int(owner.group(1)))
 
 
 def default_root() -> Path:
@@ -269,6 +285,8 @@ class Cache:
         ``gc``, and right after a build is killed (:mod:`xenforge.core.reaper`)."""
         stale = Stale(processes=runner.stop_orphans(self.orphaned))
         for entry in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
+            if _in_use(entry.name):
+                continue
             with self.try_lock(entry.name.split(".")[0]) as free:
                 if not free:
                     continue

@@ -320,12 +320,13 @@ def stop_orphans(is_orphaned: Callable[[str], bool], wait: float = 5.0) -> list[
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + wait
-    while any(_running(pid) for pid in killed) and time.monotonic() < deadline:
+    while any(running(pid) for pid in killed) and time.monotonic() < deadline:
         time.sleep(0.02)
     return killed
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie that is not reaped yet does not)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rsplit(b")", 1)[1].split()[0]
