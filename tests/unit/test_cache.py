@@ -305,7 +305,7 @@ def test_gc_keeps_what_a_build_holds_or_used_after_the_listing(cache: Cache) -> 
 
 
 def test_gc_removes_stale_staging_but_not_a_running_build(cache: Cache) -> None:
-    stale = cache.tmp_dir / f"{ID_A}.1.dead"
+    stale = cache.tmp_dir / f"{ID_A}.{2 ** 22 + 1}.dead"  # its process is gone (no such pid)
     stale.mkdir()
     (cache.work_dir / ID_A).mkdir()
     running = cache.tmp_dir / f"{ID_B}.2.live"
