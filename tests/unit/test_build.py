@@ -368,14 +368,14 @@ def _start_hanging_build(cache_dir: Path, pidfile: Path, node: str) -> tuple[
 
 
 def _watchdog_of(pid: int) -> int:
-    """The watchdog (xenforge.core.reaper) that the build process ``pid`` started."""
+    """The watchdog (xenforge.build.reaper) that the build process ``pid`` started."""
     for entry in Path("/proc").iterdir():
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == pid and b"xenforge.core.reaper" in cmdline:
+        if ppid == pid and b"xenforge.build.reaper" in cmdline:
             return int(entry.name)
     raise AssertionError(f"build {pid} has no watchdog")
 

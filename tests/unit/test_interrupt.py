@@ -13,7 +13,7 @@ does) at random points, several times in a row on one cache, then built again: t
 equals an uninterrupted build's (sha256 of every file), no partial object is used, and
 nothing is left on the host (loop devices, mounts, processes) nor in the cache's staging
 and work dirs - after SIGKILL too, within seconds, without a next build (the killed
-build's watchdog, ``xenforge.core.reaper``).
+build's watchdog, ``xenforge.build.reaper``).
 """
 
 from __future__ import annotations

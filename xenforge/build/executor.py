@@ -92,9 +92,9 @@ class Executor:
 
     def run(self) -> dict[str, NodeResult]:
         # if this process is killed, a watchdog stops its commands and releases their
-        # mounts at once (xenforge.core.reaper); the next build also looks, in case that
+        # mounts at once (xenforge.build.reaper); the next build also looks, in case that
         # one was killed too
-        with runner.watchdog([sys.executable, "-m", "xenforge.core.reaper",
+        with runner.watchdog([sys.executable, "-m", "xenforge.build.reaper",
                               str(self.cache.root)], log=self.logs_dir / "build.log"):
             return self._run()
 

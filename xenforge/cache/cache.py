@@ -17,7 +17,7 @@ Layout below the cache root (``~/.cache/xenforge`` by default)::
                                     of the user ($XENFORGE_CCACHE_DIR overrides)
 
 A build killed at any moment leaves at most a stale ``tmp/`` or ``work/`` entry, which is
-never read; the killed build's watchdog (:mod:`xenforge.core.reaper`) removes it at once,
+never read; the killed build's watchdog (:mod:`xenforge.build.reaper`) removes it at once,
 after stopping the commands the build left running, else the next build of that node
 (under its lock) or ``gc`` does.
 """
@@ -282,7 +282,7 @@ class Cache:
         work dirs of nodes nobody builds are deleted, mounts and loop devices below them
         released first. Each dir is deleted under its node's lock (a build that starts
         meanwhile waits, then makes a new one), so a live build's are never touched. For
-        ``gc``, and right after a build is killed (:mod:`xenforge.core.reaper`)."""
+        ``gc``, and right after a build is killed (:mod:`xenforge.build.reaper`)."""
         stale = Stale(processes=runner.stop_orphans(self.orphaned))
         for entry in [*self.tmp_dir.iterdir(), *self.work_dir.iterdir()]:
             if _in_use(entry.name):

@@ -252,7 +252,7 @@ def watchdog(argv: Sequence[str], *, log: Path | None = None) -> Iterator[None]:
     (normally or by an exception: xenforge cleaned up itself) it reads ``done`` and exits.
     If this process dies first (SIGKILL, the OOM killer) the kernel closes the pipe and
     the helper reads end-of-file alone: its cue to do what a dead process cannot, at once
-    (:mod:`xenforge.core.reaper`). It runs in a session of its own, so neither a terminal's
+    (:mod:`xenforge.build.reaper`). It runs in a session of its own, so neither a terminal's
     Ctrl-C nor a kill of xenforge's process group reaches it; its output goes to ``log``.
     """
     read, write = os.pipe()  # not inheritable: no command of the build holds it open

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
+from xenforge.lib.xenconfigure import check_configure_flag
 from xenforge.recipe.types import FilePath, MirrorUrl, Model, Name, Released, SeriesDir
 from xenforge.sources.specs import SourceSpec
-from xenforge.stages.toolstack import check_configure_flag
 
 #: an argument for Xen's ./configure, checked by the rule the toolstack stage applies
 ConfigureFlag = Annotated[str, AfterValidator(check_configure_flag)]

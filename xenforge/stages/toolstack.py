@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 
 from xenforge.core.errors import InputError, XenforgeError
 from xenforge.core.files import write_json_atomic
+from xenforge.lib.xenconfigure import check_configure_flag
 from xenforge.stages.base import Stage, StageContext, StageOptions
 from xenforge.stages.xen_common import build_env, check_version, private_copy, xen_tree
 
@@ -28,22 +29,6 @@ from xenforge.stages.xen_common import build_env, check_version, private_copy, x
 #: firmware loader of HVM guests (libxl hands it Debian's SeaBIOS at run time)
 REQUIRED = ("usr/sbin/xl", "usr/sbin/xenstored", "usr/sbin/xenconsoled",
             "usr/lib/xen/boot/hvmloader")
-
-#: configure switches that would make the build fetch code from the internet
-DOWNLOADS = ("--enable-stubdom", "--enable-qemu-traditional", "--enable-githttp",
-             "--enable-ipxe", "--enable-rombios")
-
-
-def check_configure_flag(flag: str) -> str:
-    """One argument for Xen's ./configure: an option, never one that makes the build download
-    sources (a spec's ``toolstack.configure`` is checked by this when it is read)."""
-    if not flag.startswith("--"):
-        raise ValueError(f"configure argument {flag!r} must start with '--'")
-    if flag.split("=", 1)[0] in DOWNLOADS:
-        raise ValueError(f"configure argument {flag!r} makes Xen's build download "
-                         "sources; xenforge builds only from pinned inputs")
-    return flag
-
 
 class ToolstackOptions(StageOptions):
     version: str = Field("", description="the spec's Xen version, e.g. 4.17.5; checked "
