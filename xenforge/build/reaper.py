@@ -1,4 +1,4 @@
-"""``python -m xenforge.core.reaper CACHE``: what a build that is killed cannot do itself.
+"""``python -m xenforge.build.reaper CACHE``: what a build that is killed cannot do itself.
 
 Every build starts one (:func:`xenforge.core.run.watchdog`) and tells it ``done`` when it
 ends, however it ends: then it exits. If the build dies without a word (SIGKILL, the OOM
@@ -29,7 +29,7 @@ def _say(text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m xenforge.core.reaper CACHE_DIR", file=sys.stderr)
+        print("usage: python -m xenforge.build.reaper CACHE_DIR", file=sys.stderr)
         return 2
     said = sys.stdin.buffer.read()  # until the build says done, or dies
     if said.startswith(b"done"):
