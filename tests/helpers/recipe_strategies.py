@@ -168,6 +168,8 @@ def maybe(good: st.SearchStrategy[Any], bad: float = 0.15) -> st.SearchStrategy[
 
 def _mix(good: list[Any], bad_values: list[Any], bad: float) -> st.SearchStrategy[Any]:
     """One of ``good`` or, about ``bad`` of the time, one of ``bad_values``."""
+    if not bad_values:
+        return st.sampled_from(good)
     return st.one_of(*_copies(st.sampled_from(good), round((1 - bad) / bad)),
                      st.tuples(st.sampled_from(bad_values)).map(_first))
 
@@ -551,7 +553,9 @@ WORDS = ["--json", "--help", "-h", "--version", "-j", "-j0", "-j-1", "--jobs=999
          "--image", "--setup", "--no-test", "--keyring", "--require-signature", "--firmware",
          "uefi", "--suite", "dom0", "--list-suites", "--iso", "--install", "--limit", "",
          "--", "-", "--cache-dir", "--cache-dir=", "=", "-x", "--unknown", "\x00",
-         "a" * 5000, "--" + "z" * 300, "ü", "\udcff", "--remote-cache=ftp://x", "-jx"]
+         "a" * 5000, "--" + "z" * 300, "ü", "\udcff", "--remote-cache=ftp://x", "-jx",
+         "--cache-dir=\x00", "--cache-dir=" + "c" * 300, "--cache-dir=/dev/null",
+         "--cache-dir=/proc", "--output=-", "--keyring=/dev/null", "-o=fifo"]
 
 
 @functools.cache
@@ -568,3 +572,149 @@ def argv(recipes: tuple[str, ...], broken: tuple[str, ...]) -> st.SearchStrategy
     failing = st.sampled_from(FAILING_COMMANDS).flatmap(lambda c: line(c, True))
     other = st.lists(st.one_of(st.sampled_from(WORDS), st.text(max_size=8)), max_size=4)
     return st.one_of(safe, safe, failing, other)
+
+
+# ---------------------------------------------------------------------------------------------
+# a valid recipe with a few fields changed (reaches the planner far more often)
+# ---------------------------------------------------------------------------------------------
+
+#: a valid host recipe of the fixtures using every section
+VALID_HOST: dict[str, Any] = {
+    "schema": 1, "name": "fuzz-host", "description": "every section",
+    "hypervisor": {"spec": f"{W}/hypervisor/xen-mini.yaml", "debug": True},
+    "kernels": {"dom0": {"line": f"{W}/kernel_patches/mini", "fragments": ["base", "dom0"]},
+                "guest": {"line": f"{W}/kernel_patches/mini", "fragments": ["base", "domu"]}},
+    "images": {"xen-host": {"role": "dom0", "kernel": "dom0", "size": "2G",
+                            "formats": ["raw", "qcow2"], "firmware": ["bios", "uefi"]}},
+    "guests": [{"name": "web1", "recipe": "guest.yaml", "type": "pvh", "memory": 256},
+               {"name": "hvm1", "recipe": "guest.yaml", "type": "hvm"}],
+    "iso": {"image": "xen-host"},
+    "tests": {"boot": {"memory": 1024}},
+}
+#: the guest recipe it names (written to the case as guest.yaml)
+VALID_GUEST: dict[str, Any] = {
+    "schema": 1, "name": "fuzz-guest",
+    "kernels": {"guest": {"line": f"{W}/kernel_patches/mini", "fragments": ["base", "domu"]}},
+    "images": {"guest": {"role": "guest", "kernel": "guest", "size": "1024M"}},
+}
+
+
+def _field(good: list[Any], bad_values: list[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(_mix(good, bad_values, 0.4), junk())
+
+
+_NAMES = (["web2", "a", "x.y", "g-1", "n" * 64], ["web_1", "Web", "-a", "a" * 65, "a b", "é"])
+_CMDLINES = (["console=hvc0", "quiet loglevel=3", "a" * 1024],
+             ["a'b", 'a"b', "a\\b", "x$y", "a\nb", "a" * 1025, "\x7f", "é\u200b"])
+HOST_FIELDS: dict[tuple[str | int, ...], st.SearchStrategy[Any]] = {
+    ("name",): _field(*_NAMES),
+    ("maintainer",): _field(["A B <a@b.org>"], ["A <a@b.org>\n", "a <a@localhost>", "x"]),
+    ("epoch",): _field([0, 1700000000, 2**32 - 1], [-1, 2**32, 2**63, "1700000000"]),
+    ("target", "release"): _field(["trixie", "bookworm"], ["sid", "x" * 64, "trixie\n"]),
+    ("target", "mirror"): _field(["http://deb.debian.org/debian"],
+                                 ["", "-o/tmp/x", "http://h/a\nb", "ftp://h", "h" * 300]),
+    ("target", "security_mirror"): _field(["http://security.debian.org/debian-security"],
+                                          ["-x", " ", "http://h/ x"]),
+    ("hypervisor", "cmdline"): _field(*_CMDLINES),
+    ("hypervisor", "source"): sources(0.3),
+    ("hypervisor", "config"): _field([[f"{W}/hypervisor/mini.config"], []],
+                                     [["missing.config"], [f"{W}/hypervisor"]]),
+    ("hypervisor", "patches"): _field([f"{W}/hypervisor/patches"], ["missing", "guest.yaml"]),
+    ("kernels", "dom0", "fragments"): _field([["base"], ["base", f"{W}/extra.config"], []],
+                                             [["nosuch"], ["x/y.config"], ["base", "base"]]),
+    ("kernels", "dom0", "base"): _field(["tinyconfig", "defconfig", "file"], ["bigconfig"]),
+    ("kernels", "dom0", "base_config"): _field([f"{W}/extra.config"], ["missing", f"{W}"]),
+    ("kernels", "dom0", "cmdline"): _field(*_CMDLINES),
+    ("kernels", "dom0", "source"): sources(0.3),
+    ("kernels", "dom0", "patches"): _field([f"{W}/kernel_patches/mini"], ["missing"]),
+    ("kernels", "guest"): st.one_of(st.none(), junk()),
+    ("images", "xen-host", "size"): _field(["64M", "256M", "16384G", 64, 4096],
+                                           ["63M", "0G", 16 << 20 | 1, -1, "16385G", 1.5]),
+    ("images", "xen-host", "formats"): _field([["raw"], ["qcow2", "raw"]],
+                                              [[], ["raw", "raw"], ["vmdk"]]),
+    ("images", "xen-host", "firmware"): _field([["uefi"]], [[], ["bios", "bios"]]),
+    ("images", "xen-host", "bridge"): _field(["br0", "b" * 15], ["b" * 16, "a b", "x\n"]),
+    ("images", "xen-host", "elements"): _field([["vm"], ["a-b.c"]], [["-o"], ["a/b"]]),
+    ("images", "xen-host", "packages"): _field([["vim"], ["libc6", "g++"]],
+                                               [["a,b"], ["-x"], ["Vim"]]),
+    ("images", "xen-host", "kernel"): _field(["dom0", "guest"], ["nope", None]),
+    ("images", "xen-host", "role"): _field(["dom0"], ["guest"]),
+    ("images", "xen-host", "bootloader"): _field([False], [True]),
+    ("images", "xen-host", "access"): _field([True, False], ["yes please"]),
+    ("guests", 0, "name"): _field(*_NAMES),
+    ("guests", 0, "hostname"): _field(["web1", "a.b.c", "x" * 63],
+                                      ["web_1", "-a", "a-", "A", "x" * 64]),
+    ("guests", 0, "memory"): _field([64, 256, 65536], [63, 65537, 0, "256M"]),
+    ("guests", 0, "vcpus"): _field([1, 64], [0, 65, -1]),
+    ("guests", 0, "type"): _field(["pv", "pvh", "hvm"], ["kvm"]),
+    ("guests", 0, "bridge"): _field(["xenbr0"], ["br1", "b" * 16]),
+    ("guests", 0, "tsc_mode"): _field(["native", "default"], ["x"]),
+    ("guests", 0, "recipe"): _field(["guest.yaml", f"{W}/guest.yaml"],
+                                    ["recipe.yaml", "missing.yaml", f"{W}/host.yaml"]),
+    ("guests", 1, "pv_drivers"): _field([True, False], ["no"]),
+    ("guests", 1, "firmware"): _field(["seabios"], ["ovmf"]),
+    ("guests", 1, "name"): _field(["web1", "hvm2"], ["web_2"]),
+    ("iso", "label"): _field(["XENFORGE", "A_1", "A" * 32], ["lower", "A" * 33, ""]),
+    ("iso", "name"): _field(["my.iso-name"], ["My", "a/b"]),
+    ("iso", "version"): _field(["1.0", "2024.01+git~1", "v" * 64], ["-1", "v" * 65, "a b"]),
+    ("iso", "modes"): _field([["live"], ["install"]], [[], ["dvd"]]),
+    ("iso", "image"): _field(["xen-host"], ["guest", "none"]),
+    ("tests", "boot", "memory"): _field([256, 2048, 1 << 20], [255, 2**40]),
+    ("tests", "boot", "timeout"): _field([10, 900], [9, 2**40]),
+    ("tests", "services"): _field([["xendomains", "getty@tty1.service"]], [["a b"], ["-x"]]),
+    ("tests", "suites"): _field([[f"{W}/extra.config"]], [["missing.py"]]),
+    ("tests", "after_build"): _field([True, False], []),
+    ("signing", "key"): _field(["ABCDEF0123456789", "Me <me@example.org>"], ["a\nb", "k" * 201]),
+    ("cache", "remote"): _field(["https://cache.example.org/x/"],
+                                ["http://u:p@h/", "https://h/?q", "file:///x"]),
+}
+GUEST_FIELDS: dict[tuple[str | int, ...], st.SearchStrategy[Any]] = {
+    ("images", "guest", "size"): _field(["256M", "64M", "2G"], ["255M", "63M", "0"]),
+    ("images", "guest", "bootloader"): _field([True, False], []),
+    ("images", "guest", "kernel"): _field(["guest", None], ["dom0"]),
+    ("images", "guest", "role"): _field(["guest"], ["dom0"]),
+    ("kernels", "guest", "cmdline"): _field(*_CMDLINES),
+    ("target", "release"): _field(["trixie", "bookworm"], ["sid"]),
+    ("guests",): _field([[]], [[{"name": "n", "recipe": "recipe.yaml", "type": "pv"}]]),
+}
+
+
+def _set(data: Any, path: tuple[str | int, ...], value: Any) -> Any:
+    """``data`` with the field at ``path`` set to ``value`` (None there: the field removed);
+    a path through something that is no longer a mapping or list changes nothing."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(data, dict):
+        out = dict(data)
+        if not rest and value is None:
+            out.pop(head, None)
+        else:
+            out[head] = _set(data.get(head, {}), rest, value)
+        return out
+    if isinstance(data, list) and isinstance(head, int) and head < len(data):
+        out_list = list(data)
+        out_list[head] = _set(data[head], rest, value)
+        return out_list
+    return data
+
+
+def _changes(fields: dict[tuple[str | int, ...], st.SearchStrategy[Any]], max_size: int
+             ) -> st.SearchStrategy[list[tuple[tuple[str | int, ...], Any]]]:
+    keys = sorted(fields, key=str)
+    return st.lists(st.sampled_from(keys).flatmap(
+        lambda k: st.tuples(st.just(k), fields[k])), max_size=max_size)
+
+
+@functools.cache
+def mutated_cases() -> st.SearchStrategy[Case]:
+    """VALID_HOST and VALID_GUEST with up to three fields each set to a good or a bad value."""
+    def build(changes: tuple[list[tuple[tuple[str | int, ...], Any]], ...]) -> Case:
+        host, guest = VALID_HOST, VALID_GUEST
+        for path, value in changes[0]:
+            host = _set(host, path, value)
+        for path, value in changes[1]:
+            guest = _set(guest, path, value)
+        return Case({"recipe.yaml": _text(host), "guest.yaml": _text(guest)})
+
+    return st.tuples(_changes(HOST_FIELDS, 3), _changes(GUEST_FIELDS, 2)).map(build)

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -62,10 +63,10 @@ XENFORGE = REPO / ".venv" / "bin" / "xenforge"
 #: the full run's total (0: CI's fixed sample)
 FULL = int(os.environ.get("XENFORGE_FUZZ_EXAMPLES", "0") or 0)
 #: each target's share of the full run, and its CI sample
-WEIGHTS = {"recipes": 0.34, "raw": 0.12, "specs": 0.14, "sources": 0.12, "series": 0.12,
-           "argv": 0.12, "subprocess": 0.04}
-CI_EXAMPLES = {"recipes": 700, "raw": 300, "specs": 300, "sources": 300, "series": 300,
-               "argv": 300, "subprocess": 24}
+WEIGHTS = {"recipes": 0.34, "raw": 0.10, "specs": 0.12, "shipped": 0.06, "sources": 0.12,
+           "series": 0.12, "argv": 0.12, "subprocess": 0.02}
+CI_EXAMPLES = {"recipes": 700, "raw": 300, "specs": 300, "shipped": 150, "sources": 300,
+               "series": 300, "argv": 300, "subprocess": 24}
 #: seconds a case may take before it counts as a hang (in process; subprocesses get more)
 CASE_LIMIT = 20
 SUBPROCESS_LIMIT = 60
@@ -167,7 +168,12 @@ class World:
         self.case = root / "case"
         shutil.copytree(FIXTURES, root / "fixtures", symlinks=True)
         shutil.copytree(BROKEN, root / "broken", symlinks=True)
+        for folder in ("hypervisor", "kernel_patches"):  # the shipped specs, to damage
+            shutil.copytree(REPO / folder, root / "repo" / folder, symlinks=True)
+        shutil.copytree(REPO / "kernel_patches" / "linux-6.12",
+                        root / "repo" / "kernel_patches" / "fuzz-line")
         self.cache = root / "cache"
+        os.mkfifo(root / "fifo")  # `ci -o fifo` must not replace it
 
     def write(self, files: dict[str, bytes]) -> Path:
         """Replace the case folder's files; the path of its recipe.yaml."""
@@ -230,6 +236,8 @@ def load_and_plan(world: World, recipe: Path, target: str) -> str:
             code, out, err = run_cli(["validate", str(recipe)])
             check_cli_output(code, out, err)
             assert code == 2, f"load_recipe failed but validate said ok: {out}"
+            first = exc.problems[0].render().splitlines()[0]  # FILE[:LINE]: [FIELD:] ...
+            assert first in err, f"{first!r} not in {err!r}"
             OUTCOMES[target]["rejected"] += 1
             return "rejected"
         check_accepted(loaded)
@@ -307,6 +315,8 @@ RECIPE_EXAMPLES = {
     "4000 hex digits": b"schema: 1\ndescription: 0x" + b"f" * 4000 + b"\n",
     "deep nesting": b"schema: 1\ndescription: " + b"[" * 3000 + b"]" * 3000 + b"\n",
     "NUL byte": b"schema: 1\ndescription: a\x00b\n",
+    "Latin-1": b"schema: 1\ndescription: caf\xe9\n",
+    "lone surrogate": b'schema: 1\ndescription: "\\ud800"\n',
     "long extends": b"schema: 1\nextends: [" + b"e" * 300 + b".yaml]\n",
     "long fragment": b"schema: 1\nkernels: {dom0: {line: ../fixtures/kernel_patches/mini, "
                      b"fragments: [" + b"f" * 300 + b".config]}}\n",
@@ -324,10 +334,40 @@ def test_found_recipe_defects_stay_fixed(world: World, data: bytes) -> None:
     assert load_and_plan(world, world.write({"recipe.yaml": data}), "recipes") == "rejected"
 
 
+def _mutated(host: dict[tuple[str | int, ...], Any],
+             guest: dict[tuple[str | int, ...], Any] | None = None) -> dict[str, bytes]:
+    """The files of VALID_HOST and VALID_GUEST with these fields set."""
+    files = {}
+    for name, data, changes in (("recipe.yaml", rs.VALID_HOST, host),
+                                ("guest.yaml", rs.VALID_GUEST, guest or {})):
+        for path, value in changes.items():
+            data = rs._set(data, path, value)
+        files[name] = (rs.to_yaml(data) + "\n").encode()
+    return files
+
+
+@pytest.mark.parametrize("host,guest,outcome", [
+    ({}, {}, "planned"),
+    ({("guests", 1, "name"): "web_2"}, {}, "rejected"),  # the disk stage's host name
+    ({("guests", 1, "name"): "web_2", ("guests", 1, "hostname"): "web-2"}, {}, "planned"),
+    ({}, {("images", "guest", "size"): "255M"}, "rejected"),  # the rootfs stage's minimum
+    ({("guests", 0, "type"): "hvm"},
+     {("images", "guest", "size"): "64M", ("images", "guest", "bootloader"): True}, "planned"),
+    ({("images", "xen-host", "size"): "16385G"}, {}, "rejected"),
+], ids=["valid", "guest name no host name", "with a host name", "guest fs 255M",
+        "guest disk 64M", "17 TiB"])
+def test_found_plan_defects_stay_fixed(world: World, host: dict[tuple[str | int, ...], Any],
+                                       guest: dict[tuple[str | int, ...], Any],
+                                       outcome: str) -> None:
+    """What validate took and plan crashed on (a raw pydantic error of a stage's options)."""
+    assert load_and_plan(world, world.write(_mutated(host, guest)), "recipes") == outcome
+
+
 @fuzz("recipes")
-@given(case=rs.cases())
+@given(case=st.one_of(rs.cases(), rs.mutated_cases()))
 def test_recipes(world: World, case: rs.Case) -> None:
-    """Recipes of the real shapes, with mistakes, their bases, guests, specs and series."""
+    """Recipes of the real shapes, with mistakes, their bases, guests, specs and series;
+    and a valid recipe using every section with a few fields changed."""
     load_and_plan(world, world.write(case.files), "recipes")
 
 
@@ -376,6 +416,26 @@ def test_spec_files(world: World, which: str, spec: dict[str, Any], line: dict[s
         fuzzed = fuzzed.replace(b":", b"", 1)
         files["spec.yaml" if which == "hypervisor" else "line/line.yaml"] = fuzzed
     load_and_plan(world, world.write(files), "specs")
+
+
+REAL_SPEC = (REPO / "hypervisor" / "xen-4.20.yaml").read_bytes()
+REAL_LINE = (REPO / "kernel_patches" / "linux-6.12" / "line.yaml").read_bytes()
+
+
+@fuzz("shipped")
+@given(which=st.sampled_from(["hypervisor", "line"]),
+       spec=rs.damage(REAL_SPEC), line=rs.damage(REAL_LINE))
+def test_shipped_spec_files_damaged(world: World, which: str, spec: bytes, line: bytes
+                                    ) -> None:
+    """hypervisor/xen-4.20.yaml and kernel_patches/linux-6.12/line.yaml with bytes inserted,
+    deleted or replaced (in a copy of their folders, so what they name is there)."""
+    repo = world.root / "repo"
+    (repo / "hypervisor" / "fuzz-spec.yaml").write_bytes(
+        spec if which == "hypervisor" else REAL_SPEC)
+    (repo / "kernel_patches" / "fuzz-line" / "line.yaml").write_bytes(
+        line if which == "line" else REAL_LINE)
+    recipe = _spec_recipe("../repo/hypervisor/fuzz-spec.yaml", "../repo/kernel_patches/fuzz-line")
+    load_and_plan(world, world.write({"recipe.yaml": recipe}), "shipped")
 
 
 # -- pinned sources ------------------------------------------------------------------------
@@ -456,8 +516,9 @@ def test_series(world: World, series: bytes, present: int) -> None:
 
 ARGV_RECIPES = ["fixtures/host.yaml", "fixtures/kernel.yaml", "fixtures/guest.yaml",
                 "fixtures/nested/diamond.yaml", "xen-host", "base"]
+#: (relative to the world folder; no absolute path: `ci -o PATH` writes there)
 ARGV_BROKEN = ["broken/yaml-syntax.yaml", "broken/multi-error.yaml", "missing.yaml", "",
-               "\x00", "r" * 300 + ".yaml", "fixtures", "/dev/null", "broken/cycle-a.yaml"]
+               "\x00", "r" * 300 + ".yaml", "fixtures", "fifo", "broken/cycle-a.yaml"]
 
 
 @fuzz("argv")
@@ -465,11 +526,17 @@ ARGV_BROKEN = ["broken/yaml-syntax.yaml", "broken/multi-error.yaml", "missing.ya
 @example(argv=["validate", "r" * 300 + ".yaml"])
 @example(argv=["plan", "a" * 5000])
 @example(argv=["validate", "\udcff.yaml"])
+@example(argv=["plan", "--cache-dir", "a\x00b", "fixtures/kernel.yaml"])
+@example(argv=["ci", "gitlab", "fixtures/kernel.yaml", "-o", "fifo"])
+@example(argv=["verify-release", "r" * 300])
+@example(argv=["verify-release", "fixtures", "--keyring", "k" * 300])
 def test_argv(world: World, argv: list[str]) -> None:
     """Fuzzed command lines: exit 0 or 2 and a message, never a traceback (nothing that
     builds, boots or connects: build/test/boot only ever see recipes that do not load)."""
     if "--debug" in argv:  # --debug shows tracebacks on purpose
         return
+    if "ci" in argv and any(os.path.isabs(a.split("=", 1)[-1]) for a in argv):
+        return  # `ci -o /ABS` writes there: only ever into the world folder
     with time_limit(CASE_LIMIT):
         code, out, err = run_cli(argv)
     if argv[:1] == ["verify-release"] and code == 1 and "FAILED" in out:
@@ -478,6 +545,7 @@ def test_argv(world: World, argv: list[str]) -> None:
         OUTCOMES["argv"]["exit 1 (no release)"] += 1
         return
     check_cli_output(code, out, err)
+    assert stat.S_ISFIFO((world.root / "fifo").stat().st_mode), "the FIFO was replaced"
     OUTCOMES["argv"][f"exit {code}"] += 1
 
 
@@ -498,7 +566,8 @@ def run_subprocess(world: World, argv: list[str]) -> None:
 
 @pytest.mark.skipif(not XENFORGE.exists(), reason="no .venv/bin/xenforge: run ci/setup-host.sh")
 @fuzz("subprocess", deadline_ms=None)
-@given(case=rs.cases(), command=st.sampled_from(["validate", "plan"]),
+@given(case=st.one_of(rs.cases(), rs.mutated_cases()),
+       command=st.sampled_from(["validate", "plan"]),
        args=rs.argv(tuple(ARGV_RECIPES), tuple(ARGV_BROKEN)), use_args=st.integers(0, 3))
 def test_cli_subprocess(world: World, case: rs.Case, command: str, args: list[str],
                         use_args: int) -> None:

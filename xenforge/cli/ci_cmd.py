@@ -9,6 +9,7 @@ from pathlib import Path
 
 from xenforge.cli.common import recipe_path
 from xenforge.core.errors import InputError
+from xenforge.core.paths import path_kind
 
 DEFAULT_FILE = {"gitlab": ".gitlab-ci.yml", "github": ".github/workflows/xenforge.yml"}
 
@@ -54,8 +55,12 @@ def cmd_ci(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     dest = Path(args.output or DEFAULT_FILE[args.engine])
-    if dest.is_dir():
+    kind = path_kind(dest)
+    if kind == "dir":
         raise InputError(f"{dest} is a directory", hint="give the file to write with -o")
+    if kind == "special":  # written by a rename: /dev/null would become a file
+        raise InputError(f"{dest} is a device, FIFO or socket, not a file",
+                         hint="give the file to write with -o, or -o - for stdout")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_text(text)

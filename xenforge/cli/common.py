@@ -38,6 +38,8 @@ def recipe_path(arg: str) -> Path:
 def cache_of(args: argparse.Namespace) -> Cache:
     if getattr(args, "cache_dir", None) == "":
         raise InputError("--cache-dir is empty", hint="give a directory, or leave the option out")
+    if "\0" in (getattr(args, "cache_dir", None) or ""):  # (main(argv) in a program can)
+        raise InputError("--cache-dir holds a NUL byte", hint="give a directory")
     return Cache(Path(args.cache_dir) if args.cache_dir else None)
 
 

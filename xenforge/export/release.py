@@ -19,6 +19,7 @@ from pathlib import Path
 from xenforge.core import run as runner
 from xenforge.core.errors import InputError, XenforgeError
 from xenforge.core.hashing import sha256_file
+from xenforge.core.paths import path_kind
 
 SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.asc"
@@ -118,10 +119,10 @@ def verify_release(folder: Path, *, keyring: Path | None = None,
     list."""
     verdict = Verdict(folder)
     sums = folder / SUMS
-    if keyring is not None and not keyring.is_file():
+    if keyring is not None and path_kind(keyring) != "file":  # (never raises: a long name)
         raise InputError(f"keyring {keyring} is not a file",
                          hint="export the signer's key: gpg --export KEY > signer.pub")
-    if not folder.is_dir():
+    if path_kind(folder) != "dir":
         raise InputError(f"{folder} is not a folder", hint="give a release folder "
                          "(out/RECIPE)")
     if not sums.is_file():

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from xenforge.core.errors import Problem
 from xenforge.core.paths import path_kind
 from xenforge.limits import MIN_ROOTFS_MIB
+from xenforge.recipe.types import is_host_name
 from xenforge.recipe.yamlload import Loc, Origins, loc_text
 
 if TYPE_CHECKING:
@@ -79,6 +80,10 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
         if sub is not None and not any(im.role == "guest" for im in sub.recipe.images.values()):
             add(("guests", i, "recipe"), f"{g.recipe.name} has no image with role: guest",
                 "a guest recipe needs `images: {NAME: {role: guest, kernel: ...}}`")
+        if g.hostname is None and not is_host_name(g.name):
+            add(("guests", i, "name"), f"{g.name!r} is no host name, and a guest's host name "
+                "is its name unless it sets one", "set `hostname:` (lower case letters, "
+                "digits, '-' and '.'), or rename the guest")
         for field in ("pv_drivers", "firmware"):
             if g.type != "hvm" and getattr(g, field) is not None:
                 add(("guests", i, field), f"`{field}` applies to HVM guests only, this one is "

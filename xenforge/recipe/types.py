@@ -171,9 +171,14 @@ PackageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.-]+$"
 #: a network bridge name (Linux: at most 15 characters)
 BridgeName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_.-]{1,15}$")]
 #: a host name (one DNS label or more, lower case)
-HostName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?"
-                                                    r"(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$",
-                                            max_length=63)]
+HOSTNAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
+HOSTNAME_MAX = 63
+HostName = Annotated[str, StringConstraints(pattern=HOSTNAME_PATTERN, max_length=HOSTNAME_MAX)]
+
+
+def is_host_name(text: str) -> bool:
+    """Whether ``text`` is a HostName (a guest's name is its host name unless it sets one)."""
+    return len(text) <= HOSTNAME_MAX and re.fullmatch(HOSTNAME_PATTERN, text) is not None
 _MAINTAINER = re.compile(r"^[^<>\n\"]+ <[^<>@\s]+@([^<>@\s]+\.[^<>@\s]+)>$")
 #: mail domains lintian calls bogus (bogus-mail-host)
 _BOGUS_HOSTS = ("localhost", "localdomain", "invalid", "local")

@@ -187,13 +187,18 @@ def load_yaml(file: Path) -> tuple[Any, Origins]:
             raise LoadError([Problem(file, None, "", f"{st.st_size} bytes: larger than a "
                                      f"recipe can be ({MAX_YAML_BYTES} bytes)",
                                      "name the recipe, not a data file")])
-        with open(file, encoding="utf-8") as f:
-            text = f.read(MAX_YAML_BYTES + 1)
+        with open(file, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError as exc:
         raise LoadError([Problem(file, None, "", "file not found",
                                  "check the path (relative paths are relative to the file "
                                  "that names them)")]) from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise LoadError([Problem(file, data.count(b"\n", 0, exc.start) + 1, "",
+                                 f"not UTF-8 text (byte {data[exc.start]:#04x})",
+                                 "save the file as UTF-8")]) from exc
+    except OSError as exc:
         raise LoadError([Problem(file, None, "", f"cannot read: {exc}")]) from exc
     try:
         node = yaml.compose(text, Loader=_Loader)
