@@ -128,6 +128,15 @@ class Events:
         self._thread.join(timeout)
 
 
+def share_autogroup(pid: int) -> None:
+    """Give a process in a new session (a scheduler autogroup of its own) the harness's
+    autogroup nice value, so that ``echo 19 > /proc/$$/autogroup`` holds for the builds."""
+    with contextlib.suppress(OSError, IndexError):
+        nice = Path("/proc/self/autogroup").read_text().split()[-1]
+        if nice != "0":
+            Path(f"/proc/{pid}/autogroup").write_text(nice)
+
+
 def node_event(kind: str, node: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e.get("event") == kind and e.get("node") == node
 
@@ -161,6 +170,7 @@ class Xenforge:
             proc = subprocess.Popen(argv, cwd=REPO, env=self.environ(), text=True,
                                     stdout=subprocess.PIPE, stderr=err,
                                     start_new_session=True)
+        share_autogroup(proc.pid)
         assert proc.stdout is not None
         return Running(proc, Events(proc.stdout), errors)
 
@@ -310,13 +320,19 @@ def verify_object(cache: Path, node_id: str) -> list[str]:
 
 
 def debris(cache: Path) -> list[str]:
-    """What a build left in the cache's staging (``tmp/``) and ``work/`` areas, and
-    in-flight downloads (``.part-*``/``.tmp-*``) in its scratch dirs."""
+    """What a build left in the cache's staging (``tmp/``) and ``work/`` areas."""
     found = []
     for area in ("tmp", "work"):
         d = cache / area
         if d.is_dir():
             found += [f"{area}/{p.name}" for p in sorted(d.iterdir())]
+    return found
+
+
+def stray_downloads(cache: Path) -> list[str]:
+    """In-flight files (``.part-*``, ``.tmp-*``) in the cache's persistent scratch dirs: a
+    killed download's; never read (the download store deletes them after a day)."""
+    found = []
     scratch = cache / "scratch"
     if scratch.is_dir():
         for dirpath, _dirs, files in os.walk(scratch):
@@ -341,6 +357,9 @@ class Leftovers:
     mounts: list[str] = field(default_factory=list)
     processes: list[str] = field(default_factory=list)  # "pid comm (why)"
     qemu: list[str] = field(default_factory=list)
+    #: a killed build's watchdog still cleaning up (xenforge.core.reaper): not a leftover
+    #: while it works, but it must end
+    watchdog: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.loops or self.mounts or self.processes or self.qemu)
@@ -351,7 +370,8 @@ class Leftovers:
     def summary(self) -> str:
         parts = [f"{len(v)} {k}" for k, v in (("loop", self.loops), ("mount", self.mounts),
                                               ("process", self.processes),
-                                              ("qemu", self.qemu)) if v]
+                                              ("qemu", self.qemu), ("watchdog", self.watchdog))
+                 if v]
         return ", ".join(parts) or "none"
 
 
@@ -417,13 +437,18 @@ def host_leftovers(root: Path) -> Leftovers:
             continue
         text = f"{pid} {comm} ({', '.join(why)}): " + cmdline.replace(b"\0", b" ").decode(
             "utf-8", "replace")[:160].strip()
-        (found.qemu if comm.startswith("qemu-system") else found.processes).append(text)
+        if comm.startswith("qemu-system"):
+            found.qemu.append(text)
+        elif b"xenforge.core.reaper" in cmdline:
+            found.watchdog.append(text)
+        else:
+            found.processes.append(text)
     return found
 
 
 def clean_host(root: Path, left: Leftovers) -> None:
     """Stop what a trial left (after recording it), so that the next trial starts clean."""
-    for line in left.processes + left.qemu:
+    for line in left.processes + left.qemu + left.watchdog:
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(line.split()[0]), signal.SIGKILL)
     time.sleep(0.5)
@@ -443,6 +468,7 @@ class Kill:
     left: Leftovers = field(default_factory=Leftovers)  # once xenforge ended (and settled)
     at_exit: Leftovers = field(default_factory=Leftovers)  # SIGKILL: the moment it died
     settled_seconds: float = 0.0  # SIGKILL: until nothing was left (or ``settle``)
+    watchdog_seconds: float = 0.0  # SIGKILL: until the watchdog had finished
     debris: list[str] = field(default_factory=list)
     committed: bool = False  # the node's object was in the store after the kill
     problems: list[str] = field(default_factory=list)
@@ -464,6 +490,7 @@ class Trial:
     differing: list[str] = field(default_factory=list)
     nondeterministic: list[str] = field(default_factory=list)  # differ in the control too
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not wrong
 
     @property
     def ok(self) -> bool:
@@ -497,6 +524,7 @@ class Config:
     build_timeout: float = 7200.0
     exit_timeout: float = 180.0  # after SIGINT, xenforge must end within this
     settle: float = 30.0  # after SIGKILL, what it left must be gone within this
+    watchdog_timeout: float = 600.0  # ... and the watchdog done (work dirs deleted)
     log: Callable[[str], None] = print
 
     @property
@@ -513,6 +541,15 @@ def selected(cfg: Config, nodes: Mapping[str, NodeInfo]) -> list[str]:
         raise SystemExit(f"the recipe has no stage or node {', '.join(unknown)}; its nodes: "
                          + ", ".join(f"{n.name} ({n.stage})" for n in nodes.values()))
     return [n.name for n in nodes.values() if n.name in cfg.stages or n.stage in cfg.stages]
+
+
+def _stored_seconds(cache: Path, node_id: str) -> float:
+    """The build time an object's manifest records (0 if it says none)."""
+    try:
+        return float(json.loads((object_dir(cache, node_id) / "manifest.json").read_text())
+                     .get("seconds", 0.0))
+    except (OSError, ValueError, TypeError):
+        return 0.0
 
 
 def build_reference(cfg: Config, nodes: Mapping[str, NodeInfo], names: list[str]) -> Reference:
@@ -532,7 +569,8 @@ def build_reference(cfg: Config, nodes: Mapping[str, NodeInfo], names: list[str]
             raise RuntimeError(f"the reference build did not store {name}")
         ref.digests[name] = digest(object_dir(cfg.reference_cache, node.id) / "out")
         ref.artifacts[name] = outcome.artifacts(name)
-        ref.seconds[name] = outcome.seconds_of(name) or 0.0
+        ref.seconds[name] = outcome.seconds_of(name) or _stored_seconds(
+            cfg.reference_cache, node.id)  # built by an earlier run: what it took then
     cfg.log(f"reference: {outcome.seconds:.0f}s; " + ", ".join(
         f"{n} {ref.seconds[n]:.1f}s" for n in names))
     if cfg.control:
@@ -631,6 +669,13 @@ def interrupt_once(cfg: Config, ref: Reference, trial: Trial, cache: Path, out: 
             time.sleep(0.2)
             kill.left = host_leftovers(cfg.base)
         kill.settled_seconds = round(time.monotonic() - gone, 1)
+        while kill.left.watchdog and time.monotonic() - gone < cfg.watchdog_timeout:
+            time.sleep(0.5)  # deleting a big work dir takes a while at a low priority
+            kill.left.watchdog = host_leftovers(cfg.base).watchdog
+        kill.watchdog_seconds = round(time.monotonic() - gone, 1)
+    if kill.left.watchdog:
+        kill.problems.append(f"the watchdog still runs after SIG{trial.signal}: "
+                             + "; ".join(kill.left.watchdog))
     if kill.left:
         kill.problems.append(f"left after SIG{trial.signal}"
                              + (f" (after {cfg.settle:.0f}s)" if trial.signal == "KILL" else "")
@@ -680,7 +725,7 @@ def run_trial(cfg: Config, ref: Reference, name: str, sig: str, rng: random.Rand
                 + f"left {kill.left.summary()}, debris {len(kill.debris)}"
                 + (", committed" if kill.committed else "")
                 + (f"; PROBLEM {kill.problems}" if kill.problems else ""))
-        if kill.left:
+        if kill.left or kill.left.watchdog:
             clean_host(cfg.base, kill.left)  # recorded as a problem; do not blame the next
         if kill.committed:  # nothing left to interrupt in this state: start over
             fresh_state(cfg.reference_cache, cache, ref.nodes, name)
@@ -699,14 +744,20 @@ def run_trial(cfg: Config, ref: Reference, name: str, sig: str, rng: random.Rand
                               f"({trial.rebuild_status!r}): something of a killed build "
                               "was taken for it")
     trial.left_after_rebuild = host_leftovers(cfg.base)
-    if trial.left_after_rebuild:
+    if trial.left_after_rebuild or trial.left_after_rebuild.watchdog:
         trial.problems.append("left after the build that followed: "
                               + trial.left_after_rebuild.summary() + ": "
                               + "; ".join((trial.left_after_rebuild.processes
                                            + trial.left_after_rebuild.mounts
-                                           + trial.left_after_rebuild.loops)[:5]))
+                                           + trial.left_after_rebuild.loops
+                                           + trial.left_after_rebuild.watchdog)[:5]))
         clean_host(cfg.base, trial.left_after_rebuild)
     trial.debris_after_rebuild = debris(cache)
+    strays = stray_downloads(cache)
+    if strays:
+        trial.notes.append(f"{len(strays)} in-flight download file(s) of a killed build in "
+                           "the scratch dir (never read; the download store deletes them "
+                           "after a day): " + ", ".join(strays[:3]))
     if trial.debris_after_rebuild:
         trial.problems.append("left in the cache after a successful build: "
                               + ", ".join(trial.debris_after_rebuild[:5]))
@@ -798,7 +849,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"{t['rebuild_seconds']:.0f}s | {'yes' if t['equal'] else 'NO'}"
             + (f" ({len(t['nondeterministic'])} nondeterministic)" if t["nondeterministic"]
                else "")
-            + f" | {'; '.join(p.replace('|', '/')[:200] for p in problems) or '-'} |")
+            + f" | {'; '.join(p.replace('|', '/')[:200] for p in problems) or '-'}"
+            + "".join(f" (note: {n.replace('|', '/')[:160]})" for n in t.get("notes", []))
+            + " |")
     lines += ["", "Kill points (the node's last command when the signal went out):", ""]
     for t in report["trials"]:
         for i, k in enumerate(t["kills"], 1):
