@@ -222,13 +222,13 @@ def sources(bad: float = 0.15) -> st.SearchStrategy[Any]:
                           "example.org/x", "https://example.org/a%2F..%2Fb", "https://h/a\nb",
                           "https://h/" + "u" * 300, "file:///etc/passwd", "https://h/%00"],
                          bad), st.text(max_size=15))
-    member = _mix(["usr/src/linux.tar.xz", "./usr/src/x"], ["/abs", "a/../b", "a//b", "", "."],
-                  bad)
+    member = _mix(["usr/src/linux.tar.xz", "./usr/src/x"],
+                  ["/abs", "a/../b", "a//b", "", ".", "usr/a\nb", "usr/\x1b[2J"], bad)
     path = _mix([f"{W}/src/linux-mini", f"{W}/src/xen-mini-4.17.5.tar.gz",
                  f"../{W}/src/linux-mini", f"../{W}/src/xen-mini-4.17.5.tar.gz"],
                 ["missing", "p" * 300, "/dev/zero", "/dev/null", "a\x00b", ""], bad)
     filename = _mix(["x.tar.gz", "linux.tar.xz"], ["a/b", ".", "..", "source.json", "",
-                                                    "n" * 300, "x\x00"], bad)
+                                                    "n" * 300, "x\x00", "a\nb", "\t"], bad)
     kinds = st.one_of(
         st.fixed_dictionaries({"url": maybe(url, bad), "sha256": maybe(sha, bad)},
                               optional={"filename": maybe(filename, bad)}),

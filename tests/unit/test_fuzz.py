@@ -457,6 +457,9 @@ def _python_value(value: Any) -> Any:
 @example(data={"path": "p" * 300}, base=None)
 @example(data={"apt": "hello=1.0\n"}, base=None)
 @example(data={"url": "https://h/x", "sha256": "0" * 64 + "\n"}, base=None)
+@example(data={"url": "https://example.org/a%2F..%2Fb", "sha256": "0" * 64}, base=None)
+@example(data={"path": "/dev/zero"}, base=None)  # hashing it never ended
+@example(data={"url": "https://h/a\nb", "sha256": "0" * 64}, base=None)
 def test_parse_source(world: World, data: Any, base: str | None) -> None:
     """xenforge.sources.specs.parse_source: a source spec or an InputError."""
     with time_limit(CASE_LIMIT):

@@ -122,6 +122,12 @@ class UrlSource(_Source):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        bad = sorted({c for c in value if c.isspace() or not c.isprintable()})
+        if bad:  # (urlsplit drops a newline or tab, and would let one through to the logs)
+            raise PydanticCustomError(
+                "source_url", "url holds {chars}: {value}",
+                {"chars": " ".join(repr(c) for c in bad), "value": repr(value)[:100],
+                 "hint": "percent-encode it (a space is %20)"})
         parts = urllib.parse.urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise PydanticCustomError(
@@ -209,11 +215,12 @@ class DebSource(_Source):
     def _member(cls, value: str) -> str:
         norm = value.removeprefix("./")
         parts = norm.split("/")
-        if not norm or norm.startswith("/") or ".." in parts or "" in parts:
+        if not norm or norm.startswith("/") or ".." in parts or "" in parts or \
+                not norm.isprintable():
             raise PydanticCustomError(
                 "source_member", "member must be a relative path inside the package, "
-                "got '{value}'",
-                {"value": value, "hint": "e.g. usr/src/linux-source-6.1.tar.xz "
+                "got {value}",
+                {"value": repr(value), "hint": "e.g. usr/src/linux-source-6.1.tar.xz "
                                          "(`dpkg-deb -c FILE.deb` lists the paths)"})
         return norm
 
@@ -343,8 +350,10 @@ def _url_file_name(url: str) -> str:
 
 
 def _check_file_name(name: str, field: str) -> str:
-    if not name or "/" in name or name in (".", "..", SOURCE_JSON) or "\0" in name:
+    if not name or "/" in name or name in (".", "..", SOURCE_JSON) or not name.isprintable() \
+            or len(name.encode("utf-8", "surrogatepass")) > 255:  # (NAME_MAX; \0 \n \t ...)
         raise PydanticCustomError(
-            "source_filename", "'{name}' is not usable as a file name",
-            {"name": name, "hint": f"give a plain file name in `filename:` ({field})"})
+            "source_filename", "{name} is not usable as a file name",
+            {"name": repr(name) if len(name) < 60 else repr(name[:57] + "..."),
+             "hint": f"give a plain file name in `filename:` ({field})"})
     return name
