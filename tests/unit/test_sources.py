@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -336,9 +338,18 @@ def test_leftover_partial_files_are_never_used(server: Server, dirs: SimpleNames
     # what a killed run leaves behind: a partial temp file next to the store
     dirs.downloads.mkdir(parents=True)
     (dirs.downloads / ".part-killed").write_bytes(PAYLOAD[:100])
+    # a killed run's (its process is gone) and a live one's (this process: still writing)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (dirs.downloads / f".part-{gone.pid}-x1y2").write_bytes(PAYLOAD[:100])
+    (dirs.downloads / f".part-{os.getpid()}-x3y4").write_bytes(PAYLOAD[:10])
     _fetch(url_spec(server.url("good.tar.gz")), dirs)
     assert (dirs.dest / "good.tar.gz").read_bytes() == PAYLOAD
     assert server.hits["/files/good.tar.gz"] == 1
+    # the dead process's partial file is gone at once, the live one's and the old-style
+    # name (no pid: removed only when old) stay
+    left = sorted(p.name for p in dirs.downloads.glob(".part-*"))
+    assert left == [f".part-{os.getpid()}-x3y4", ".part-killed"], left
 
 
 # -- path sources ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 ``<downloads>/sha256/<hash>`` holds verified files only: a download streams into a ``.part-*``
 temp file, is hashed while streaming and moved into place only when the hash matches. A
-killed run leaves at most a ``.part-*`` file, which nothing reads and a later run removes.
+killed run leaves at most a ``.part-PID-*`` file, which nothing reads and the next run
+removes (its process is gone).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def overall_timeout() -> float:
 
 class DownloadStore:
     """``<root>/sha256/<hash>``: verified blobs; ``<root>/index/<key>.json``: what a pinned
-    Debian package resolved to. Temp names start with a dot and are never read."""
+    Debian package resolved to. Temp names start with a dot and the pid of the process
+    that writes them (``.part-PID-*``), and are never read."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -109,7 +111,7 @@ class DownloadStore:
     @contextmanager
     def tempdir(self, prefix: str) -> Iterator[Path]:
         """A scratch folder inside the store (same filesystem: its files can be added)."""
-        path = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=self.root))
+        path = Path(tempfile.mkdtemp(prefix=f".{prefix}-{os.getpid()}-", dir=self.root))
         try:
             os.chmod(path, 0o755)  # apt downloads as the unprivileged _apt user when root
             yield path
@@ -117,11 +119,15 @@ class DownloadStore:
             shutil.rmtree(path, ignore_errors=True)
 
     def _clean_stale(self) -> None:
-        """Remove leftovers of killed runs (only old ones: another run may be downloading)."""
+        """Remove leftovers of killed runs: those whose process is gone, and old ones
+        without a pid in their name (another run may be downloading)."""
         now = time.time()
         for p in self.root.glob(".*"):
+            fields = p.name.split("-")
+            owner = int(fields[1]) if len(fields) > 2 and fields[1].isdigit() else None
             try:
-                if now - p.lstat().st_mtime > STALE_SECONDS:
+                if (owner is not None and not runner.running(owner)) or \
+                        (owner is None and now - p.lstat().st_mtime > STALE_SECONDS):
                     if p.is_dir():
                         shutil.rmtree(p, ignore_errors=True)
                     else:
@@ -168,7 +174,7 @@ def download(url: str, sha256: str, store: DownloadStore, log: Path, *, tries: i
 
 
 def _download_once(url: str, sha256: str, store: DownloadStore, log: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=".part-", dir=store.root)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".part-{os.getpid()}-", dir=store.root)
     tmp = Path(tmp_name)
     try:
         try:
