@@ -73,6 +73,8 @@ XENFORGE = REPO / ".venv" / "bin" / "xenforge"
 SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "TERM": signal.SIGTERM}
 #: what xenforge must exit with after each signal (SIGKILL: killed, it cannot answer)
 EXPECTED_RC = {"KILL": -signal.SIGKILL, "INT": 130, "TERM": 130}
+#: the command line of a build's watchdog (``python -m xenforge.build.reaper CACHE``)
+WATCHDOG = re.compile(rb"\0-m\0xenforge(\.\w+)*\.reaper\0")
 
 
 # -- running xenforge and reading its JSON progress ------------------------------------------
@@ -357,7 +359,7 @@ class Leftovers:
     mounts: list[str] = field(default_factory=list)
     processes: list[str] = field(default_factory=list)  # "pid comm (why)"
     qemu: list[str] = field(default_factory=list)
-    #: a killed build's watchdog still cleaning up (xenforge.core.reaper): not a leftover
+    #: a killed build's watchdog still cleaning up (xenforge.build.reaper): not a leftover
     #: while it works, but it must end
     watchdog: list[str] = field(default_factory=list)
 
@@ -439,7 +441,7 @@ def host_leftovers(root: Path) -> Leftovers:
             "utf-8", "replace")[:160].strip()
         if comm.startswith("qemu-system"):
             found.qemu.append(text)
-        elif b"xenforge.core.reaper" in cmdline:
+        elif WATCHDOG.search(cmdline):
             found.watchdog.append(text)
         else:
             found.processes.append(text)
@@ -592,16 +594,19 @@ def build_reference(cfg: Config, nodes: Mapping[str, NodeInfo], names: list[str]
 
 
 def _last_command(log: str) -> str:
-    """The last command line (``$ ...``) or note in a node's log."""
+    """The last command line (``$ ...``, a sandboxed one without its bubblewrap prefix)
+    or note in a node's log."""
     try:
         with open(log, "rb") as f:
             f.seek(0, 2)
-            f.seek(max(0, f.tell() - 65536))
+            f.seek(max(0, f.tell() - (16 << 20)))
             tail = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return ""
     for line in reversed(tail):
         if line.startswith(("$ ", "[xenforge] ")):
+            if line.startswith("$ bwrap ") and " -- " in line:
+                line = "$ [buildroot] " + line.split(" -- ", 1)[1]
             return line[:160]
     return ""
 
