@@ -91,7 +91,7 @@ def test_the_test_stages_survive_kills_at_random_points(tmp_path: Path) -> None:
 @pytest.fixture
 def own_cache() -> Iterator[Path]:
     """A cache of the test's own under /var/tmp (not the shared test cache)."""
-    path = Path(tempfile.mkdtemp(prefix="xf-interrupt-ci-", dir="/var/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="xenforge-interrupt-ci-", dir="/var/tmp"))
     try:
         yield path
     finally:
@@ -121,3 +121,26 @@ def test_the_hypervisor_recipes_source_and_tree_survive_kills(own_cache: Path,
     _check(report, tmp_path, names, kills=2)
     tree = next(t for t in report["trials"] if t["stage"] == "tree")
     assert report["nodes"][tree["node"]]["files"] > 1000  # a whole Xen tree was compared
+
+
+def test_leftovers_are_what_names_the_path_not_a_longer_one(tmp_path: Path) -> None:
+    """The harness stops what it finds; a process of another run whose directory only
+    begins with the same name (``/var/tmp/xf-interrupt-ci-x`` for ``/var/tmp/xf-interrupt``)
+    is not its own."""
+    import subprocess
+
+    base = tmp_path / "base"
+    (tmp_path / "base-other").mkdir()
+    base.mkdir()
+    mine = subprocess.Popen(["sleep", "30", str(base / "f")])
+    other = subprocess.Popen(["sleep", "30", str(tmp_path / "base-other" / "f")])
+    in_cwd = subprocess.Popen(["sleep", "30"], cwd=base)
+    try:
+        found = h.host_leftovers(base)
+        pids = {int(line.split()[0]) for line in found.processes}
+        assert pids == {mine.pid, in_cwd.pid}, found.processes
+        assert not found.mounts and not found.loops and not found.watchdog
+    finally:
+        for p in (mine, other, in_cwd):
+            p.kill()
+            p.wait()
