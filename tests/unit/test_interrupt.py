@@ -132,9 +132,10 @@ def test_leftovers_are_what_names_the_path_not_a_longer_one(tmp_path: Path) -> N
     base = tmp_path / "base"
     (tmp_path / "base-other").mkdir()
     base.mkdir()
-    mine = subprocess.Popen(["sleep", "30", str(base / "f")])
-    other = subprocess.Popen(["sleep", "30", str(tmp_path / "base-other" / "f")])
-    in_cwd = subprocess.Popen(["sleep", "30"], cwd=base)
+    wait = [sys.executable, "-c", "import time; time.sleep(30)"]
+    mine = subprocess.Popen([*wait, str(base / "f")])
+    other = subprocess.Popen([*wait, str(tmp_path / "base-other" / "f")])
+    in_cwd = subprocess.Popen(wait, cwd=base)
     try:
         found = h.host_leftovers(base)
         pids = {int(line.split()[0]) for line in found.processes}
