@@ -791,6 +791,7 @@ def run_trial(cfg: Config, ref: Reference, name: str, sig: str, rng: random.Rand
             + (f"; PROBLEMS: {trial.problems}" if trial.problems else ""))
     remove_tree(cache)
     remove_tree(out)
+    out.with_name(out.name + ".stderr").unlink(missing_ok=True)
     return trial
 
 
