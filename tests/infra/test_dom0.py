@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 from typing import Any
 
 import pytest
@@ -79,7 +80,17 @@ def facts(host: Any, expect: dict[str, Any]) -> dict[str, tuple[int, str]]:
     """What the checks read, gathered in one command: section -> (exit status, output)."""
     units = sorted({_unit(u) for u in [*(expect.get("services") or []), *XEN_UNITS]})
     packages = sorted(expect.get("packages", {}))
-    res = host.run("sh -c " + shlex.quote(_script(units, packages)))
+    command = "sh -c " + shlex.quote(_script(units, packages))
+    for attempt in range(3):
+        try:
+            res = host.run(command)
+            break
+        except RuntimeError as exc:
+            # the SSH transport failed (testinfra raises on ssh's exit 255, e.g. "Failed to
+            # connect to new control master" under load), not the host: try it twice more
+            if "exit_status=255" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(5)
     found = _parse(res.stdout)
     assert found, f"the host answered nothing useful (exit {res.rc}): {res.stderr.strip()}"
     return found
