@@ -158,7 +158,25 @@ def _shutdown_reasons(host: Any, name: str) -> list[int]:
     return [int(m) for m in re.findall(r"reason code (\d+)", out)]
 
 
-def _shut_down(host: Any, name: str, *, acpi: bool = False) -> None:
+def _why_restarted(host: Any, name: str, log: str) -> str:
+    """What to read when a guest rebooted or crashed on its own: the lines of xl's daemon
+    log, the console lines that say why a kernel restarts (a panic, an oops, a reboot), the
+    console's last lines, and what Xen said about a triple fault or a crash. The console of a
+    PV, PVH or PVHVM guest is xenconsoled's log, which a restart appends to; an emulated
+    serial port's log starts again with each boot, so only the last boot is in it."""
+    q = shlex.quote
+    xl = host.run(f"tail -n 20 /var/log/xen/xl-{q(name)}.log").stdout
+    why = host.run(f"grep -a -n -i -E 'panic|oops|BUG:|general protection|double fault|"
+                   f"reboot: |restarting system|watchdog' {q(log)} | tail -n 12").stdout
+    tail = host.run(f"tail -n 15 {q(log)}").stdout
+    xen = host.run("xl dmesg | grep -a -i -E -A4 'triple fault|crash|unhandled' "
+                   "| tail -n 20").stdout
+    return (f"xl's log:\n{xl}\nthe console on panics and restarts ({log}):\n"
+            f"{why or '(nothing)'}\nthe console's last lines:\n{tail}\n"
+            f"Xen said:\n{xen or '(nothing on a triple fault or crash)'}")
+
+
+def _shut_down(host: Any, name: str, *, acpi: bool = False, log: str = "") -> None:
     """``xl shutdown`` and see the domain go (a clean stop, not a destroy). ``acpi``: an HVM
     guest, which may have no PV control interface (``-F``: then an ACPI power button)."""
     fallback = "-F " if acpi else ""
@@ -172,10 +190,11 @@ def _shut_down(host: Any, name: str, *, acpi: bool = False) -> None:
     # shutdown state ("s") has stopped cleanly: only its record remains to be removed.
     reasons = _shutdown_reasons(host, name)
     if any(reasons):
-        crash = host.run("xl dmesg | grep -a -i -E 'triple fault|crash' | tail -n 3").stdout
+        why = _why_restarted(host, name, log or f"/var/log/xen/console/guest-{name}.log")
         host.run(f"xl destroy {name}")
         raise AssertionError(f"guest {name} did not simply power off: Xen's shutdown reason "
-                             f"codes {reasons} (1 = reboot, 3 = crash); Xen said:\n{crash}")
+                             f"codes {reasons} (1 = reboot, 3 = crash) since its create.\n"
+                             f"{why}")
     if not _gone(host, name, 60):
         listing = host.run(f"xl list {name}").stdout
         state = listing.splitlines()[-1].split()[4] if listing.strip() else ""
@@ -222,7 +241,7 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any], record_property: Any)
         booting = _banner_offset(host, log) if guest.get("autostart") else None
         if booting is not None:
             _check_boot(host, guest, _wait_ready(host, log, booting, timeout))
-            _shut_down(host, name, acpi=hvm)
+            _shut_down(host, name, acpi=hvm, log=log)
             attempts = attempts[1:]
         else:
             host.run(f"timeout 120 xl shutdown -F -w {name} || xl destroy {name}")
@@ -241,7 +260,7 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any], record_property: Any)
         _check_boot(host, guest, ready)
         if bench:
             _report_bench(host, guest, log, offset, record_property)
-        _shut_down(host, name, acpi=hvm)
+        _shut_down(host, name, acpi=hvm, log=log)
         if hvm:
             left = _device_models(host, name)
             assert not left, f"guest {name} is gone but its device model still runs: {left}"
