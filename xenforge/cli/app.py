@@ -18,6 +18,7 @@ from xenforge.cli.build import (
     cmd_plan,
     cmd_recipes,
     cmd_schema,
+    cmd_timeline,
     cmd_validate,
     cmd_verify_release,
 )
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and compare every artifact; exit 1 if one that must be identical is not")
     b.add_argument("--keep-repro", action="store_true",
                    help="keep the second build of --check-repro (its path is printed)")
+    b.add_argument("--timeline", metavar="FILE.svg",
+                   help="draw where the build's time went: each node a bar over time, cached "
+                   "nodes marked (also after a failed build)")
     add_remote_options(b)
     b.set_defaults(func=cmd_build)
 
@@ -184,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("recipe", metavar="RECIPE")
     sh.add_argument("command", nargs=argparse.REMAINDER, help="a command to run instead")
     sh.set_defaults(func=cmd_ssh)
+
+    tl = sub.add_parser("timeline", parents=[common],
+                        help="draw a build's timeline from its JSON progress stream "
+                        "(xenforge build --progress json > FILE) or its build log")
+    tl.add_argument("events", metavar="EVENTS", help="a saved JSON progress stream, or a "
+                    "build log (the cache's state/logs/RECIPE/build.log: its last build)")
+    tl.add_argument("-o", "--output", required=True, metavar="FILE.svg",
+                    help="where the picture goes")
+    tl.add_argument("--title", default=None, help="the picture's title (default: the file)")
+    tl.set_defaults(func=cmd_timeline)
 
     vr = sub.add_parser("verify-release", parents=[common],
                         help="check an export: the signature of SHA256SUMS and every file")

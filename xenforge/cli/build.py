@@ -8,11 +8,16 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xenforge.cli.common import cache_of, recipe_path, remote_of, shipped_recipes
 from xenforge.cli.progress import JsonProgress, Progress
 from xenforge.plan.graph import Graph
 from xenforge.recipe.load import LoadedRecipe
+
+if TYPE_CHECKING:
+    from xenforge.build.executor import NodeResult
+    from xenforge.export.timeline import Span
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -128,6 +133,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if len(loadeds) > 1 and args.test:
         raise InputError("--test boots one recipe's image", hint="build the recipes together, "
                          "then `xenforge test RECIPE` for each")
+    timeline = _timeline_file(args.timeline)
     graph = plan_many(loadeds)
     if args.target:
         graph = graph.only(args.target)
@@ -154,6 +160,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         todo = resolve(graph, cache, remote, progress, targets=args.target)
         results = Executor(todo.graph, cache, progress, jobs=args.jobs, logs_dir=logs,
                            remote=todo.remote, push=todo.push, fetched=todo.fetched).run()
+    if timeline is not None:
+        from xenforge.export.timeline import write_svg
+
+        progress.line(f"timeline: {write_svg(spans_of(results, start), timeline, graph.recipe)}")
     failed = [r for r in results.values() if r.status == "failed"]
     if failed:
         for r in failed:
@@ -224,6 +234,52 @@ def cmd_build(args: argparse.Namespace) -> int:
                              settings=tests or TestsSection())
         reseal(outs[0], keys[loadeds[0].name], log=logs / "export.log")  # results included
         return report(outcome)
+    return 0
+
+
+def _timeline_file(value: str | None) -> Path | None:
+    """``--timeline``'s file, checked before anything is built."""
+    from xenforge.core.errors import InputError
+
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir() or path.suffix.lower() != ".svg":
+        raise InputError(f"--timeline {value}: not an .svg file name",
+                         hint="give the picture's file, e.g. --timeline build.svg")
+    if not path.resolve().parent.is_dir():
+        raise InputError(f"--timeline {value}: the folder {path.parent} does not exist",
+                         hint="create it first, or give a file in an existing folder")
+    return path
+
+
+def spans_of(results: dict[str, NodeResult], origin: float) -> list[Span]:
+    """A build's results as timeline spans, seconds after ``origin`` (time.monotonic())."""
+    from xenforge.export.timeline import Span
+
+    spans = [Span(r.name, max(0.0, r.started - origin), max(0.0, r.ended - origin),
+                  "cached" if r.status == "cached" else "failed" if r.status == "failed"
+                  else "built")
+             for r in results.values() if r.status != "skipped"]
+    return sorted(spans, key=lambda s: (s.start, s.node))
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from xenforge.core.errors import InputError
+    from xenforge.export.timeline import read_events, spans_from_events, write_svg
+
+    events = Path(args.events)
+    if not events.is_file():
+        raise InputError(f"{events}: no such file", hint="save a build's stream with "
+                         "`xenforge build --progress json RECIPE > FILE`")
+    spans = spans_from_events(read_events(events))
+    if not spans:
+        raise InputError(f"{events}: no node events (started, finished, cached) in it",
+                         hint="give the output of `xenforge build --progress json`, or a "
+                         "build log (the cache's state/logs/RECIPE/build.log)")
+    out = _timeline_file(args.output)
+    assert out is not None
+    print(write_svg(spans, out, args.title or events.name))
     return 0
 
 
