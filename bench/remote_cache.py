@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
-import nginx  # noqa: E402
+import nginx  # type: ignore[import-not-found]  # noqa: E402
 
 from xenforge.cache import Cache  # noqa: E402
 from xenforge.cache.remote import RemoteCache, RemoteSettings  # noqa: E402

@@ -1,0 +1,54 @@
+"""Scaling with the number of guests: the recipe with 1, 2, 4 and 8 PV guests of its one guest
+disk, planned against the cache. A guest sharing a built disk must cost no diskimage-builder
+run: the report lists, per count, the nodes that would be built and the plan's time, and says
+which of them are root filesystems (a DIB run each)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import yaml
+
+from bench.harness import REPO, Outcome, Settings, Table, clock, median, xenforge
+
+NAME, TITLE, QUICK = "scaling", "Scaling with the number of guests (planned)", True
+COUNTS = (1, 2, 4, 8)
+
+
+def run(settings: Settings) -> Outcome:
+    outcome = Outcome(NAME, TITLE)
+    recipes = settings.work / "scaling-recipes"
+    shutil.copytree(settings.recipe.parent, recipes, dirs_exist_ok=True)
+    base = yaml.safe_load(settings.recipe.read_text())
+    guests = base.get("guests") or []
+    if not guests:
+        outcome.notes.append(f"{settings.recipe.name} has no guests: nothing to scale")
+        return outcome
+    template = {k: v for k, v in guests[0].items() if k not in ("name", "type", "hap",
+                                                                "tsc_mode")}
+    rows: list[list[str]] = []
+    figures: dict[str, object] = {}
+    for count in COUNTS:
+        recipe = recipes / f"{settings.recipe.stem}-g{count}.yaml"
+        variant = {**base, "guests": [{**template, "name": f"guest-{i}", "type": "pv"}
+                                      for i in range(1, count + 1)]}
+        recipe.write_text(yaml.safe_dump(variant, sort_keys=False))
+        plans = [xenforge(settings, "plan", recipe).check() for _ in range(settings.runs)]
+        graph = json.loads(xenforge(settings, "plan", "--json", recipe).check().stdout)
+        stages = {n["name"]: n["stage"] for n in graph["nodes"]}
+        to_build = [ln.split()[0] for ln in plans[-1].stdout.splitlines()
+                    if " build: " in ln]
+        rootfs = [n for n in to_build if stages.get(n) == "rootfs"]
+        rows.append([str(count), str(len(stages)), ", ".join(to_build) or "none",
+                     ", ".join(rootfs) or "none", clock(median([p.wall for p in plans]))])
+        figures[str(count)] = {"nodes": len(stages), "to_build": to_build, "rootfs": rootfs,
+                          "plan_seconds": round(median([p.wall for p in plans]), 3)}
+    outcome.tables.append(Table(["guests", "nodes", "to build (against this cache)",
+                                 "of which root filesystems", "plan, median"], rows))
+    outcome.figures = figures
+    outcome.notes.append(f"Variants of {settings.recipe.name} whose guests are all PV guests of "
+                         "its first guest's disk recipe; the plans were made against the "
+                         f"cache in {settings.cache.name}/ (the recipes in {REPO.name}/ are not "
+                         "changed).")
+    return outcome
