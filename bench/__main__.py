@@ -37,11 +37,8 @@ def _report(settings: Settings, outcomes: list[Outcome], errors: dict[str, str],
              f"Recipe `{settings.recipe.name}`, cache `{settings.cache}`; "
              f"{info['cores']} cores ({info['cpu']}), {info['memory_gib']} GiB, load at "
              f"start {info['load_at_start']}; {info['date']}; "
-             f"{'--quick' if settings.quick else 'all benchmarks'}, medians over "
-             f"{settings.runs} runs where runs are short.", "",
-             f"Command: `bench/run{' --quick' if settings.quick else ''} --recipe "
-             f"{recipe}`",
-             ""]
+             f"medians over {settings.runs} runs where runs are short.", "",
+             f"Command: `{settings.command}` (recipe `{recipe}`)", ""]
     targets = [(o.title, t) for o in outcomes for t in o.targets]
     if targets:
         lines += ["## Targets", ""] + [f"- {title}: {t.render()}" for title, t in targets] + [""]
@@ -75,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="xenforge-bench-", dir="/var/tmp"))
     settings = Settings(recipe=args.recipe.resolve(), cache=args.cache.resolve(), work=work,
-                        out=args.out.resolve(), runs=max(1, args.runs), quick=args.quick)
+                        out=args.out.resolve(), runs=max(1, args.runs), quick=args.quick,
+                        command=" ".join(["bench/run", *(argv if argv is not None
+                                                         else sys.argv[1:])]))
     info = machine()
     outcomes: list[Outcome] = []
     errors: dict[str, str] = {}

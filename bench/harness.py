@@ -17,6 +17,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 XENFORGE = REPO / ".venv" / "bin" / "xenforge"
+#: the data folders a recipe names by relative paths (a copy keeps them side by side)
+DATA = ("recipes", "hypervisor", "kernel_patches")
+
+
+def copy_data(dest: Path) -> Path:
+    """A copy of the checkout's data folders under ``dest``, to edit; returns ``dest``."""
+    import shutil
+
+    for folder in DATA:
+        shutil.copytree(REPO / folder, dest / folder, symlinks=True)
+    return dest
 
 
 @dataclass
@@ -29,6 +40,7 @@ class Settings:
     out: Path  # the report, its JSON and pictures
     runs: int = 5  # repetitions of the short measurements (medians)
     quick: bool = False
+    command: str = "bench/run"  # how the harness was started, for the report
 
 
 @dataclass

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from bench.harness import REPO, Outcome, Settings, Table, Target, clock, xenforge
+from bench.harness import REPO, Outcome, Settings, Table, Target, clock, copy_data, xenforge
 from xenforge.cache import Cache
 
 NAME, TITLE, QUICK = "incremental", "Incremental rebuilds after one-line changes", False
-FOLDERS = ("recipes", "hypervisor", "kernel_patches")
 #: the patch added to the Xen series: a file of its own, so it applies to any tree
 PATCH = """\
 xenforge benchmark: a one-line change to the tree
@@ -90,9 +89,7 @@ def run(settings: Settings) -> Outcome:
     cold = cold_seconds(settings, settings.recipe)
     rows, figures = [], {}
     for name, change in CHANGES:
-        root = settings.work / f"incremental-{name}"
-        for folder in FOLDERS:
-            shutil.copytree(REPO / folder, root / folder, symlinks=True)
+        root = copy_data(settings.work / f"incremental-{name}")
         what = change(root, settings.recipe.name)
         recipe = root / "recipes" / settings.recipe.name
         build = xenforge(settings, "build", recipe, "-o", root / "out", "--progress",

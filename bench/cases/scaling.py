@@ -6,11 +6,10 @@ which of them are root filesystems (a DIB run each)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import yaml
 
-from bench.harness import REPO, Outcome, Settings, Table, clock, median, xenforge
+from bench.harness import REPO, Outcome, Settings, Table, clock, copy_data, median, xenforge
 
 NAME, TITLE, QUICK = "scaling", "Scaling with the number of guests (planned)", True
 COUNTS = (1, 2, 4, 8)
@@ -18,8 +17,11 @@ COUNTS = (1, 2, 4, 8)
 
 def run(settings: Settings) -> Outcome:
     outcome = Outcome(NAME, TITLE)
-    recipes = settings.work / "scaling-recipes"
-    shutil.copytree(settings.recipe.parent, recipes, dirs_exist_ok=True)
+    if not settings.recipe.is_relative_to(REPO / "recipes"):
+        outcome.notes.append("the variants are made from the shipped recipes: give a recipe "
+                             "of recipes/")
+        return outcome
+    recipes = copy_data(settings.work / "scaling") / "recipes"
     base = yaml.safe_load(settings.recipe.read_text())
     guests = base.get("guests") or []
     if not guests:
@@ -49,6 +51,6 @@ def run(settings: Settings) -> Outcome:
     outcome.figures = figures
     outcome.notes.append(f"Variants of {settings.recipe.name} whose guests are all PV guests of "
                          "its first guest's disk recipe; the plans were made against the "
-                         f"cache in {settings.cache.name}/ (the recipes in {REPO.name}/ are not "
+                         f"cache {settings.cache} (copies of recipes/; the checkout is not "
                          "changed).")
     return outcome
