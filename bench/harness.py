@@ -11,6 +11,7 @@ import resource
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class Timed:
         return self
 
 
-def timed(argv: list[str | os.PathLike[str]], cwd: Path | None = None) -> Timed:
+def timed(argv: Sequence[str | os.PathLike[str]], cwd: Path | None = None) -> Timed:
     """Run ``argv`` to the end; its CPU time is the change in this process's children's
     rusage (the harness runs one command at a time)."""
     args = [os.fspath(a) for a in argv]

