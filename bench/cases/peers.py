@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -48,13 +49,35 @@ def _sizes(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_blocks * 512
 
 
+#: systemd-nspawn (which mkosi runs its workspace commands in) on a host whose PID 1 is not
+#: systemd: no transient scope, no machined registration
+NSPAWN_SHIM = """#!/bin/sh
+exec /usr/bin/systemd-nspawn --keep-unit --register=no "$@"
+"""
+
+
+def _mkosi_argv(root: Path, image: Path) -> list[str]:
+    """mkosi's build, in a mount namespace of its own whose /run/systemd/nspawn is a tmpfs
+    (nspawn refuses to clean up its propagation folder on a disk filesystem, and this
+    machine's /run is one), with nspawn told not to need systemd as PID 1."""
+    shim = root / "shim"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "systemd-nspawn").write_text(NSPAWN_SHIM)
+    (shim / "systemd-nspawn").chmod(0o755)
+    mkosi = ["mkosi", "-d", "debian", "-r", "trixie", "-t", "gpt_ext4", "--hostname", "peer",
+             "--incremental", "--cache", str(root / "cache"), "--manifest-format", "json",
+             "-o", str(image), "-f", *[f"--package={p}" for p in MKOSI_PACKAGES], "build"]
+    inner = ("mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn && "
+             f"exec {shlex.join(mkosi)}")
+    return ["env", f"PATH={shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "unshare", "-m",
+            "--propagation", "private", "sh", "-c", inner]
+
+
 def _mkosi(settings: Settings) -> Built:
     root = settings.work / "mkosi"
     root.mkdir(parents=True, exist_ok=True)
     image = root / "image.raw"
-    argv = ["mkosi", "-d", "debian", "-r", "trixie", "-t", "gpt_ext4", "--hostname", "peer",
-            "--incremental", "--cache", str(root / "cache"), "--manifest-format", "json",
-            "-o", str(image), "-f", *[f"--package={p}" for p in MKOSI_PACKAGES], "build"]
+    argv = _mkosi_argv(root, image)
     cold = timed(argv, cwd=root).check()
     size = _sizes(image)
     manifest = Path(f"{image}.manifest")
