@@ -102,8 +102,8 @@ class ImageSection(Model):
     formats: list[Format] = Field(default_factory=_formats, min_length=1)
     firmware: list[Firmware] = Field(default_factory=_bios, min_length=1)
     access: bool = Field(False, description="add an SSH access user with a per-build key")
-    compress: bool = Field(True, description="compress the qcow2 image (smaller, slower "
-                           "to make)")
+    compress: bool = Field(True, description="compress the qcow2 image with zstd (smaller, "
+                           "slower to make; QEMU 5.1 or later reads it)")
     bridge: BridgeName = Field(defaults.BRIDGE, description="dom0: the bridge for guests "
                                "(systemd-networkd; every ethernet port joins it)")
     bootloader: bool = Field(False, description="guest: a partitioned disk with GRUB that "
