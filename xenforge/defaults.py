@@ -27,6 +27,9 @@ HVM_GUEST_GRUB_TIMEOUT = 0
 
 #: seconds the ISO's boot menu waits before its default entry (live)
 ISO_MENU_TIMEOUT = 5
+#: zstd level of the ISO's squashfs: the default dom0 system in 10 s at 6 against 94 s at
+#: mksquashfs's own 15, 7% larger (195 against 182 MB); 3 is 6 s and 13% larger
+SQUASHFS_ZSTD_LEVEL = 6
 
 #: Maintainer of every .deb xenforge builds (a reserved domain: lintian accepts it)
 MAINTAINER = "xenforge <xenforge@example.org>"

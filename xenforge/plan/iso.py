@@ -43,5 +43,6 @@ def plan_iso(graph: Graph, loaded: LoadedRecipe, env: BuildEnv) -> str | None:
             "menu_timeout": defaults.ISO_MENU_TIMEOUT,
             "esp_size": d["esp_size"], "access_user": defaults.ACCESS_USER,
             "guests": d["guests"] if iso.guests else [],
+            "compression_level": iso.compression_level,
         }))
     return node.name

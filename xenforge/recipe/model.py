@@ -150,6 +150,9 @@ class IsoSection(Model):
                                 "the build date, YYYYMMDD of SOURCE_DATE_EPOCH)")
     guests: bool = Field(True, description="carry the host's guests (their disks and xl "
                          "configs) in the live system and the installed one")
+    compression_level: int = Field(defaults.SQUASHFS_ZSTD_LEVEL, ge=1, le=22,
+                                   description="zstd level of the live system's squashfs "
+                                   "(19: the smallest, ten times slower to make)")
 
 
 class BootSettings(Model):

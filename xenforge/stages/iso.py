@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from xenforge import defaults
 from xenforge.core import leftovers
 from xenforge.core.errors import StageFailed
 from xenforge.core.files import write_json_atomic
@@ -97,6 +98,8 @@ class IsoOptions(StageOptions):
     esp_size: int = Field(ge=33, description="MiB of the ESP the installer makes")
     access_user: str = Field(pattern=r"^[a-z_][a-z0-9_-]*$")
     guests: tuple[Guest, ...] = ()
+    compression_level: int = Field(defaults.SQUASHFS_ZSTD_LEVEL, ge=1, le=22,
+                                   description="zstd level of the squashfs")
 
     @field_validator("xen_cmdline", "kernel_cmdline", "linux_cmdline")
     @classmethod
@@ -149,7 +152,7 @@ class IsoStage(Stage):
         "the ISO holds the root filesystem (see rootfs) and grub-mkrescue's El Torito "
         "and FAT images, whose timestamps are not yet pinned")
     name: ClassVar[str] = "iso"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3  # 3: the squashfs's zstd level is an option (default 6)
     Options: ClassVar[type[StageOptions]] = IsoOptions
     artifacts: ClassVar[tuple[str, ...]] = ("*.iso", "iso-info.json", "access_key",
                                             "access_key.pub")
@@ -194,8 +197,9 @@ class IsoStage(Stage):
             ctx.run(["mount", "-o", "ro,loop,noload", root.path, mnt])
             try:
                 used = _used_bytes(mnt)
-                ctx.run(["mksquashfs", mnt, squashfs, "-comp", "zstd", "-noappend",
-                         "-no-progress", "-processors", str(ctx.jobs)])
+                ctx.run(["mksquashfs", mnt, squashfs, "-comp", "zstd", "-Xcompression-level",
+                         str(opts.compression_level), "-noappend", "-no-progress",
+                         "-processors", str(ctx.jobs)])
             finally:
                 ctx.run(["umount", mnt], check=False)
         root.path.unlink()
