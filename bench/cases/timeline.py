@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.harness import Outcome, Settings, Table, Target, clock, xenforge
 from xenforge.cache import Cache
-from xenforge.export.timeline import events_from_log, spans_from_events, write_svg
+from xenforge.export.timeline import Span, events_from_log, spans_from_events, write_svg
 
 NAME, TITLE, QUICK = "timeline", "Where the time goes: timeline and parallelism", True
 _BUILD = re.compile(r"(?m)^(?=\[\d\d:\d\d:\d\d\] build \S+: )")
@@ -46,6 +46,7 @@ def run(settings: Settings) -> Outcome:
     cache = Cache(settings.cache)
     deps: dict[str, list[str]] = {}
     seconds: dict[str, float] = {}
+    recorded: list[Span] = []  # when the cache's objects were built, from their manifests
     for node in plan["nodes"]:
         refs = node["inputs"].values()
         deps[node["name"]] = sorted({r for ref in refs for r in ([ref] if isinstance(ref, str)
@@ -53,9 +54,13 @@ def run(settings: Settings) -> Outcome:
         manifest = cache.store.read_manifest(node["id"])
         if manifest is not None:
             seconds[node["name"]] = float(manifest.get("seconds", 0.0))
+            end = float(manifest.get("finished", 0.0))
+            took = seconds[node["name"]] + float(manifest.get("waited", 0.0))
+            if end:
+                recorded.append(Span(node["name"], end - took, end, "built"))
     missing = sorted(set(deps) - set(seconds))
     chain = critical_path(deps, seconds)
-    total, path = sum(seconds.values()), sum(seconds[n] for n in chain)
+    total, path = sum(seconds.values()), sum(seconds.get(n, 0.0) for n in chain)
     cores = os.cpu_count() or 1
     bound = max(path, total / cores)
     outcome.tables.append(Table(["figure (from the cache's manifests)", "value"], [
@@ -73,6 +78,20 @@ def run(settings: Settings) -> Outcome:
                        "cores": cores, "not_in_cache": missing}
     if missing:
         outcome.notes.append("not in the cache (no build time): " + ", ".join(missing))
+    if recorded:
+        origin = min(sp.start for sp in recorded)
+        spans = sorted((Span(sp.node, sp.start - origin, sp.end - origin, "built")
+                        for sp in recorded), key=lambda sp: (sp.start, sp.node))
+        pic = write_svg(spans, settings.out / f"timeline-{recipe}-objects.svg",
+                        f"{recipe}: when each of its cached objects was built")
+        outcome.pictures.append(pic)
+        span = max(sp.end for sp in spans)
+        outcome.notes.append(
+            f"The cache's objects of {recipe} were built over {clock(span)} (first start to "
+            "last end, from their manifests: build seconds, waits for late inputs, finish "
+            "time); by one build or by several (a test suite's), the picture shows which "
+            "overlapped.")
+        outcome.figures["objects_span_seconds"] = round(span, 1)
     log = settings.cache / "state" / "logs" / recipe / "build.log"
     if log.is_file():
         section = largest_build(log)
