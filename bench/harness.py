@@ -22,6 +22,15 @@ XENFORGE = REPO / ".venv" / "bin" / "xenforge"
 DATA = ("recipes", "hypervisor", "kernel_patches")
 
 
+def shipped(settings: Settings, outcome: Outcome, why: str) -> bool:
+    """The recipe is one of recipes/ (whose data folders a benchmark copies and edits);
+    else the outcome notes ``why`` it was not measured."""
+    if settings.recipe.is_relative_to(REPO / "recipes"):
+        return True
+    outcome.notes.append(f"{why}: give a recipe of recipes/")
+    return False
+
+
 def copy_data(dest: Path) -> Path:
     """A copy of the checkout's data folders under ``dest``, to edit; returns ``dest``."""
     import shutil

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import yaml
 
-from bench.harness import REPO, Outcome, Settings, Table, Target, clock, copy_data, xenforge
+from bench.harness import (
+    Outcome,
+    Settings,
+    Table,
+    Target,
+    clock,
+    copy_data,
+    shipped,
+    xenforge,
+)
 from xenforge.cache import Cache
 
 NAME, TITLE, QUICK = "incremental", "Incremental rebuilds after one-line changes", False
@@ -82,9 +91,8 @@ def cold_seconds(settings: Settings, recipe: Path) -> float:
 
 def run(settings: Settings) -> Outcome:
     outcome = Outcome(NAME, TITLE)
-    if not settings.recipe.is_relative_to(REPO / "recipes"):
-        outcome.notes.append("the incremental changes edit the shipped data folders' copies: "
-                             "give a recipe of recipes/")
+    if not shipped(settings, outcome, "the incremental changes edit copies of the shipped "
+                   "data folders"):
         return outcome
     cold = cold_seconds(settings, settings.recipe)
     rows, figures = [], {}

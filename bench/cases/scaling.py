@@ -9,7 +9,7 @@ import json
 
 import yaml
 
-from bench.harness import REPO, Outcome, Settings, Table, clock, copy_data, median, xenforge
+from bench.harness import Outcome, Settings, Table, clock, copy_data, median, shipped, xenforge
 
 NAME, TITLE, QUICK = "scaling", "Scaling with the number of guests (planned)", True
 COUNTS = (1, 2, 4, 8)
@@ -17,9 +17,7 @@ COUNTS = (1, 2, 4, 8)
 
 def run(settings: Settings) -> Outcome:
     outcome = Outcome(NAME, TITLE)
-    if not settings.recipe.is_relative_to(REPO / "recipes"):
-        outcome.notes.append("the variants are made from the shipped recipes: give a recipe "
-                             "of recipes/")
+    if not shipped(settings, outcome, "the variants are made from the shipped recipes"):
         return outcome
     recipes = copy_data(settings.work / "scaling") / "recipes"
     base = yaml.safe_load(settings.recipe.read_text())

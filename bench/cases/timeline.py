@@ -13,15 +13,20 @@ from pathlib import Path
 
 from bench.harness import Outcome, Settings, Table, Target, clock, xenforge
 from xenforge.cache import Cache
-from xenforge.export.timeline import Span, events_from_log, spans_from_events, write_svg
+from xenforge.export.timeline import (
+    Span,
+    events_from_log,
+    log_builds,
+    spans_from_events,
+    write_svg,
+)
 
 NAME, TITLE, QUICK = "timeline", "Where the time goes: timeline and parallelism", True
-_BUILD = re.compile(r"(?m)^(?=\[\d\d:\d\d:\d\d\] build \S+: )")
 
 
 def largest_build(log: Path) -> str:
     """The section of a build log (one per ``xenforge build``) with the most nodes built."""
-    sections = _BUILD.split(log.read_text(encoding="utf-8", errors="replace"))
+    sections = log_builds(log.read_text(encoding="utf-8", errors="replace"))
     return max(sections, key=lambda s: len(re.findall(r"(?m)^\[[\d:]+\] built ", s)))
 
 

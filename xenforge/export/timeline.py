@@ -73,13 +73,18 @@ _PLAIN = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\] (start|built|ready|ok|FAILED|fai
 _BUILD = re.compile(r"(?m)^(?=\[\d\d:\d\d:\d\d\] build \S+: )")
 
 
+def log_builds(text: str) -> list[str]:
+    """A build log's text cut into one section per ``xenforge build`` (oldest first)."""
+    return _BUILD.split(text)
+
+
 def events_from_log(text: str) -> list[dict[str, object]]:
     """The node events of the last build in a plain build log (``state/logs/RECIPE/
     build.log``, which every build appends to), as the JSON stream would have them: a build
     that ran past midnight keeps counting up; a boot and the suites after it are nodes too."""
     events: list[dict[str, object]] = []
     day, previous = 0, -1
-    for line in _BUILD.split(text)[-1].splitlines():
+    for line in log_builds(text)[-1].splitlines():
         m = _PLAIN.match(line)
         if not m:
             continue
