@@ -7,7 +7,7 @@ exit codes) is xenforge's own. In a test: ``monkeypatch.setattr(xenforge.plan, "
 planner(spec))`` plus the stages of :func:`test_stages`; in a subprocess:
 ``python tests/helpers/xf_build.py SPEC.json XENFORGE-ARGS...``.
 
-A node is ``{"name", "stage", "options", "inputs"}`` as :class:`xenforge.plan.graph.Node`
+A node is ``{"name", "stage", "options", "inputs", "export"}`` as :class:`xenforge.plan.graph.Node`
 takes them.
 """
 
@@ -40,7 +40,7 @@ def graph_of(recipe: str, nodes: list[dict[str, Any]]) -> Graph:
     g = Graph(recipe=recipe)
     for n in nodes:
         g.add(Node(name=n["name"], stage=n["stage"], options=dict(n.get("options", {})),
-                   inputs=dict(n.get("inputs", {}))))
+                   inputs=dict(n.get("inputs", {})), export=n.get("export", True)))
     compute_ids(g)
     return g
 

@@ -382,6 +382,55 @@ def test_small_writes_on_a_full_disk_leave_no_temp_files(small_disk: Path) -> No
 
 # -- a byte flipped in a cached object --------------------------------------------------------
 
+def test_a_cached_object_nothing_reads_is_not_opened_until_a_build_reads_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """base -> mid -> top, mid not exported. With everything cached a build reads only top
+    (its export): a byte flipped in mid goes unnoticed and nothing is rebuilt (checking a
+    kernel tree's files nobody reads made every no-op build seconds slower). Once top must
+    be rebuilt (its options change) the build reads mid: then the flip is found, mid rebuilt
+    from base (read and checked too), and top built from the good mid."""
+    counter = tmp_path / "runs"
+
+    def spec(top_seconds: float) -> testgraphs.Spec:
+        opts = {"counter": str(counter), "payload_kib": 16}
+        return {"lazy": [
+            {"name": "base", "stage": "slow-test", "options": {**opts, "seconds": 0.01},
+             "export": False},
+            {"name": "mid", "stage": "slow-test", "inputs": {"base": "base"},
+             "options": {**opts, "seconds": 0.02}, "export": False},
+            {"name": "top", "stage": "slow-test", "inputs": {"mid": "mid"},
+             "options": {**opts, "seconds": top_seconds}}]}
+
+    _install_test_graphs(monkeypatch, spec(0.03))
+    recipe = testgraphs.write_recipe(tmp_path / "recipes", "lazy")
+    cache_dir, out = tmp_path / "cache", tmp_path / "out"
+    argv = ["--cache-dir", str(cache_dir), "build", str(recipe), "-o", str(out), "--plain"]
+    assert cli.main(argv) == 0
+    graph = xenforge.plan.plan(load_recipe(recipe))
+    mid = Cache(cache_dir).out(graph.nodes["mid"].id) / "payload.bin"
+    with open(mid, "r+b") as f:  # in place: same size, same inode
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0x01]))
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    shown = capsys.readouterr().out
+    assert "lazy: 0 built, 3 cached" in shown, shown
+    assert "corrupt" not in shown, shown
+
+    _install_test_graphs(monkeypatch, spec(0.04))  # top changes: it reads mid now
+    assert cli.main(argv) == 0
+    shown = capsys.readouterr().out
+    assert re.search(rf"corrupt mid  {graph.nodes['mid'].id[:12]}: payload.bin: its "
+                     r"content changed \(sha256\); rebuilding it", shown), shown
+    assert "lazy: 2 built, 1 cached" in shown, shown
+    runs = counter.read_text().splitlines()
+    assert [r.split()[1] for r in runs] == ["base", "mid", "top", "mid", "top"]
+    _objects_ok(Cache(cache_dir))
+
+
 def test_a_flipped_byte_in_a_cached_object_is_found_and_the_node_rebuilt(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,15 +69,19 @@ class Executor:
     def __init__(self, graph: Graph, cache: Cache, progress: Reporter, *,
                  jobs: int | None = None, logs_dir: Path | None = None,
                  remote: RemoteCache | None = None, push: set[str] | None = None,
-                 fetched: dict[str, str] | None = None) -> None:
+                 fetched: dict[str, str] | None = None,
+                 opened: set[str] | None = None) -> None:
         """``remote``: every node built is uploaded there (unless it is read-only), and the
         cached nodes named in ``push``; ``fetched``: how nodes came from it (for the
-        report). See :func:`xenforge.build.resolve.resolve`."""
+        report); ``opened``: the cached nodes the build reads, checked against their
+        manifests before use (None: every one; the others are only reported). See
+        :func:`xenforge.build.resolve.resolve`."""
         self.graph = graph
         self.cache = cache
         self.remote = remote if remote is not None and remote.writable else None
         self.push = push or set()
         self.fetched = fetched or {}
+        self.opened = opened
         self.progress = progress
         self.jobs = jobs or os.cpu_count() or 2
         self.logs_dir = logs_dir or cache.state.logs(graph.recipe)
@@ -202,7 +206,7 @@ class Executor:
 
     def _run_node(self, node: Node) -> NodeResult:
         try:
-            if self.cache.has(node.id) and not self.cache.verified(node.id):
+            if self.cache.has(node.id) and not self._damaged(node):
                 result = self._record(self._cached(node, self.fetched.get(node.name, "")))
                 if node.name in self.push:
                     self._share(node)
@@ -250,6 +254,13 @@ class Executor:
             return
         self.progress.line(f"uploaded {node.name}  {node.id[:12]}: "
                            f"{took.describe('sent')}")
+
+    def _damaged(self, node: Node) -> bool:
+        """Whether a cached node's object is damaged; one the build does not read is
+        not opened (resolve checked the others just before)."""
+        if self.opened is not None and node.name not in self.opened:
+            return False
+        return bool(self.cache.verified(node.id))
 
     def _cached(self, node: Node, detail: str = "") -> NodeResult:
         self.cache.touch(node.id)

@@ -35,19 +35,28 @@ class Resolution:
     #: local objects the remote lacks (the executor uploads them)
     push: set[str] = field(default_factory=set)
     damaged: list[str] = field(default_factory=list)  # remote copies that failed checks
+    #: the nodes whose objects the build reads (see :func:`opened`); the others are
+    #: cached and never opened, so nobody checks them
+    opened: set[str] = field(default_factory=set)
+
+
+def wanted(graph: Graph, targets: list[str] | None = None) -> set[str]:
+    """The nodes a build is for: the ``targets``, or else the nodes with artifacts to
+    export, the graph's ends and the pinned sources (the SBOM describes them)."""
+    if targets:
+        return set(targets)
+    consumed = {dep for n in graph.nodes.values() for dep in n.deps()}
+    return {n.name for n in graph.nodes.values()
+            if (n.export and get_stage(n.stage).artifacts) or n.name not in consumed
+            or n.stage == "source"}
 
 
 def states(graph: Graph, local: set[str], remote: Mapping[str, bool],
            targets: list[str] | None = None) -> dict[str, State]:
     """Each node's state, given the node names cached locally and the remote's answer by
-    node name. Wanted are the ``targets``, or else the nodes with artifacts to export, the
-    graph's ends and the pinned sources (the SBOM reads them); a node to build needs its
-    inputs; a cached node (local or remote) needs nothing."""
-    consumed = {dep for n in graph.nodes.values() for dep in n.deps()}
-    need = set(targets) if targets else {  # the sources too: the SBOM describes them
-        n.name for n in graph.nodes.values()
-        if (n.export and get_stage(n.stage).artifacts) or n.name not in consumed
-        or n.stage == "source"}
+    node name: a :func:`wanted` node or the input of a node to build is needed; a cached
+    node (local or remote) needs nothing."""
+    need = wanted(graph, targets)
     state: dict[str, State] = {}
     for node in reversed(graph.nodes.values()):  # consumers before their inputs
         if node.name in local:
@@ -62,27 +71,45 @@ def states(graph: Graph, local: set[str], remote: Mapping[str, bool],
     return {name: state[name] for name in graph.nodes}
 
 
-def local_nodes(graph: Graph, cache: Cache, *, check: bool = False,
-                progress: Liner | None = None) -> set[str]:
-    """The nodes in the local store; with ``check`` each is verified (sizes and mtimes,
-    sha256 where they differ) and a damaged one taken out, so that it counts as missing
-    (and its inputs as needed) - and, to ``progress``, reported (a disk that loses
-    bytes is worth knowing about)."""
-    local = set()
-    for node in graph.nodes.values():
-        if not cache.has(node.id):
+def opened(graph: Graph, state: Mapping[str, State],
+           targets: list[str] | None = None) -> set[str]:
+    """The nodes whose objects the build opens: the wanted ones, the inputs of every node
+    to build and what the SBOM reads (:attr:`Stage.described`). A cached node outside it
+    - a kernel's source tree, a buildroot, once everything after them is cached - is
+    never read, so it is neither checked nor copied anywhere."""
+    reads = wanted(graph, targets) | {
+        n.name for n in graph.nodes.values() if get_stage(n.stage).described}
+    for name, s in state.items():
+        if s == "build":
+            reads.update(graph.nodes[name].deps())
+    return {name for name in reads if state.get(name, "unneeded") != "unneeded"}
+
+
+def local_nodes(graph: Graph, cache: Cache) -> set[str]:
+    """The nodes in the local store."""
+    return {node.name for node in graph.nodes.values() if cache.has(node.id)}
+
+
+def checked(graph: Graph, cache: Cache, names: set[str],
+            progress: Liner | None = None) -> list[str]:
+    """Verify the local objects of ``names`` (sizes and mtimes, sha256 where they differ);
+    a damaged one is taken out, so that it counts as missing (and its inputs as needed),
+    and reported to ``progress`` (a disk that loses bytes is worth knowing about).
+    Returns the names taken out."""
+    gone = []
+    for name in sorted(names, key=list(graph.nodes).index):
+        node = graph.nodes[name]
+        if not cache.has(node.id) or not cache.verified(node.id):
             continue
-        if check and cache.verified(node.id):
-            with cache.lock(node.id):
-                problems = cache.verified(node.id)
-                if problems:
-                    cache.discard(node.id)
-                    if progress is not None:
-                        progress.line(f"corrupt {node.name}  {node.id[:12]}: {problems[0]}; "
-                                      "rebuilding it")
-                    continue
-        local.add(node.name)
-    return local
+        with cache.lock(node.id):
+            problems = cache.verified(node.id)
+            if problems:
+                cache.discard(node.id)
+                gone.append(name)
+                if progress is not None:
+                    progress.line(f"corrupt {node.name}  {node.id[:12]}: {problems[0]}; "
+                                  "rebuilding it")
+    return gone
 
 
 def remote_nodes(graph: Graph, remote: RemoteCache | None) -> dict[str, bool]:
@@ -105,9 +132,22 @@ def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
     available = dict(on_remote)
     fetched: dict[str, str] = {}
     damaged: list[str] = []
-    local_nodes(graph, cache, check=True, progress=progress)  # a damaged one is no object
+
+    def pushed(state: Mapping[str, State]) -> set[str]:
+        """The local objects the remote lacks (the executor uploads them)."""
+        if remote is None or not remote.writable:
+            return set()
+        return {name for name, s in state.items()
+                if s == "local" and not on_remote.get(name) and name not in fetched}
+
+    verified: set[str] = set()
     while True:
         state = states(graph, local_nodes(graph, cache), available, targets)
+        reads = opened(graph, state, targets) | pushed(state)
+        check = {n for n in reads if state[n] == "local"} - verified
+        verified |= check
+        if checked(graph, cache, check, progress):  # a damaged object is no object: again
+            continue
         todo = [name for name, s in state.items() if s == "remote" and name not in fetched]
         if not todo or remote is None:
             break
@@ -132,9 +172,6 @@ def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
                               "building it here")
                 available[name] = False
     keep = {name for name, s in state.items() if s != "unneeded"}
-    push = set()
-    if remote is not None and remote.writable:
-        push = {name for name in keep
-                if state[name] == "local" and not on_remote.get(name) and name not in fetched}
+    push = pushed(state)
     return Resolution(graph=graph.subset(keep), state=state, remote=remote, fetched=fetched,
-                      push=push, damaged=damaged)
+                      push=push, damaged=damaged, opened=opened(graph, state, targets) | push)

@@ -258,6 +258,16 @@ def verify_files(out: Path, records: dict[str, Any], *, full: bool = False,
     return problems
 
 
+def recorded_sha256(path: Path, record: object) -> str:
+    """A file's sha256: its object manifest's ``record`` when the file is the one recorded
+    there (size and mtime, as the store verifies), else hashed now."""
+    st = path.stat()
+    if isinstance(record, dict) and record.get("size") == st.st_size and \
+            record.get("mtime_ns") == st.st_mtime_ns and isinstance(record.get("sha256"), str):
+        return str(record["sha256"])
+    return sha256_file(path)
+
+
 def file_records(out: Path) -> dict[str, dict[str, Any]]:
     """Every entry of an object's ``out/``: a file's size, mtime, sha256, mode and owner; a
     symlink's target; a special file's kind and device, mode and owner."""

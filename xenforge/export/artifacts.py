@@ -14,8 +14,8 @@ from pathlib import Path
 
 from xenforge.build.executor import NodeResult
 from xenforge.cache import Cache
+from xenforge.cache.store import recorded_sha256
 from xenforge.core.errors import InputError
-from xenforge.core.hashing import sha256_file
 from xenforge.plan.graph import Graph
 from xenforge.stages import get_stage
 
@@ -33,7 +33,7 @@ class Release:
     log: Path | None = None
 
     def write(self, folder: Path, graph: Graph, results: dict[str, NodeResult],
-              artifacts: list[Artifact]) -> None:
+              artifacts: list[Artifact], cache: Cache | None = None) -> None:
         from xenforge.export.provenance import write_provenance
         from xenforge.export.release import sign, write_sums
         from xenforge.export.sbom import write_sbom
@@ -41,7 +41,7 @@ class Release:
         epoch = max((n.env.epoch for n in graph.nodes.values() if n.env), default=0)
         release = next((n.env.release for n in graph.nodes.values() if n.env), "unknown")
         write_sbom(folder, graph, results, artifacts, recipe=graph.recipe, epoch=epoch,
-                   release=release)
+                   release=release, cache=cache)
         write_provenance(folder, graph, results, artifacts, recipe=graph.recipe,
                          recipe_file=self.recipe_file, epoch=epoch, started=self.started,
                          finished=time.time())
@@ -130,8 +130,9 @@ def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Pat
                     os.link(src, target)
                 except OSError:
                     shutil.copy2(src, target)
+                record = records.get(str(src.relative_to(res.out)))
                 artifacts.append(Artifact(node.name, rel, src.stat().st_size,
-                                          _sha256(src, records.get(str(src.relative_to(res.out))))))
+                                          recorded_sha256(src, record)))
     manifest = {
         "generator": GENERATOR,
         "recipe": graph.recipe,
@@ -144,7 +145,7 @@ def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Pat
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     try:  # the documents that let a user check it
-        (release or Release()).write(staging, graph, results, artifacts)
+        (release or Release()).write(staging, graph, results, artifacts, cache)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -156,12 +157,3 @@ def export(graph: Graph, results: dict[str, NodeResult], cache: Cache, dest: Pat
         shutil.rmtree(old)
     return artifacts
 
-
-def _sha256(path: Path, record: object) -> str:
-    """A file's sha256: its object manifest's when the file is the one recorded there (size
-    and mtime, as the store verifies), else hashed now."""
-    st = path.stat()
-    if isinstance(record, dict) and record.get("size") == st.st_size and \
-            record.get("mtime_ns") == st.st_mtime_ns and isinstance(record.get("sha256"), str):
-        return str(record["sha256"])
-    return sha256_file(path)

@@ -5,23 +5,30 @@ xenforge built, every exported artifact, and the Debian packages inside each ima
 declare), tied together by GENERATED_FROM, PATCH_APPLIED, CONTAINS and DESCRIBES.
 
 The document is a function of the build (its timestamp is the build's SOURCE_DATE_EPOCH),
-so two builds of the same recipe give the same SBOM.
+so two builds of the same recipe give the same SBOM. What it reads from a cached object's
+files (a root filesystem's packages, a .deb's fields) is remembered in the cache's state
+folder by the file's sha256 as the object's manifest records it, so that a rebuild with
+everything cached does not read the images again (:class:`Facts`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from xenforge import __version__
 from xenforge.build.executor import NodeResult
+from xenforge.cache import Cache
+from xenforge.cache.store import recorded_sha256
 from xenforge.core import run as runner
 from xenforge.core.hashing import sha256_file
 from xenforge.lib.patches import read_series
@@ -75,6 +82,13 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
+def deb_fields(deb: Path) -> dict[str, str]:
+    """A .deb's name, version and architecture (its control fields)."""
+    return dict(line.split(": ", 1) for line in runner.run(
+        ["dpkg-deb", "-f", deb, "Package", "Version", "Architecture"],
+        capture=True).stdout.splitlines() if ": " in line)
+
+
 def dpkg_packages(ext4: Path) -> list[DebianPackage]:
     """The installed packages of a root filesystem image (its dpkg status) with the licences
     of their copyright files, read with debugfs (no mount)."""
@@ -101,6 +115,58 @@ def dpkg_packages(ext4: Path) -> list[DebianPackage]:
                                      source=(fields.get("Source") or name).split()[0],
                                      licenses=licenses))
     return out
+
+
+class Facts:
+    """What the SBOM reads from the files of cached objects, remembered by content: a
+    file's sha256 comes from its object's manifest (when the file is the one recorded);
+    what was read from it is kept in ``<state>/sbom/<sha256>.<kind>.json``. Without a cache
+    everything is read afresh."""
+
+    def __init__(self, cache: Cache | None) -> None:
+        self.cache = cache
+        self._records: dict[str, dict[str, Any]] = {}
+        self.folder = cache.state.root / "sbom" if cache is not None else None
+
+    def sha256(self, res: NodeResult, path: Path) -> str:
+        """The sha256 of ``path``, a file of ``res``'s object."""
+        if self.cache is None or res.out is None:
+            return sha256_file(path)
+        if res.id not in self._records:
+            manifest = self.cache.store.read_manifest(res.id) or {}
+            files = manifest.get("files")
+            self._records[res.id] = files if isinstance(files, dict) else {}
+        try:
+            rel = str(path.relative_to(res.out))
+        except ValueError:
+            return sha256_file(path)
+        return recorded_sha256(path, self._records[res.id].get(rel))
+
+    def read(self, res: NodeResult, path: Path, kind: str,
+             compute: Callable[[], Any]) -> Any:
+        """``compute()`` for the file ``path`` of ``res``'s object, or what it gave
+        last time for the same bytes (JSON data)."""
+        if self.folder is None:
+            return compute()
+        memo = self.folder / f"{self.sha256(res, path)}.{kind}.json"
+        try:
+            return json.loads(memo.read_text())
+        except (OSError, ValueError):
+            pass
+        value = compute()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(value))
+            os.replace(tmp, memo)
+        except OSError:
+            pass  # only a speed-up
+        return value
+
+
+def package_records(ext4: Path) -> list[dict[str, Any]]:
+    """:func:`dpkg_packages` as JSON data."""
+    return [asdict(p) for p in dpkg_packages(ext4)]
 
 
 def license_ref(name: str) -> str:
@@ -134,7 +200,9 @@ def extracted_licenses(packages: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 class Builder:
-    def __init__(self, graph: Graph, results: dict[str, NodeResult], epoch: int) -> None:
+    def __init__(self, graph: Graph, results: dict[str, NodeResult], epoch: int,
+                 facts: Facts | None = None) -> None:
+        self.facts = facts or Facts(None)
         self.graph = graph
         self.results = results
         self.epoch = epoch
@@ -220,18 +288,17 @@ class Builder:
         """The .debs xenforge built: (name, version) -> SPDX id."""
         made: dict[tuple[str, str], str] = {}
         for node in self.graph.nodes.values():
-            out = self.out(node)
-            if out is None or node.stage not in ("xen-debs", "kernel"):
+            out, res = self.out(node), self.results.get(node.name)
+            if out is None or res is None or node.stage not in ("xen-debs", "kernel"):
                 continue
             for deb in sorted(out.glob("*.deb")):
-                fields = dict(line.split(": ", 1) for line in runner.run(
-                    ["dpkg-deb", "-f", deb, "Package", "Version", "Architecture"],
-                    capture=True).stdout.splitlines() if ": " in line)
+                fields = self.facts.read(res, deb, "deb-fields", partial(deb_fields, deb))
                 ident = self.package(
                     spdx_id("Deb", fields["Package"], fields["Version"]),
                     name=fields["Package"], versionInfo=fields["Version"],
                     packageFileName=deb.name, supplier="Organization: xenforge build",
-                    checksums=[{"algorithm": "SHA256", "checksumValue": sha256_file(deb)}],
+                    checksums=[{"algorithm": "SHA256",
+                                "checksumValue": self.facts.sha256(res, deb)}],
                     primaryPackagePurpose="INSTALL",
                     comment=f"built by node {node.name} {node.id}")
                 made[(fields["Package"], fields["Version"])] = ident
@@ -244,12 +311,13 @@ class Builder:
         """Each root filesystem node -> the SPDX ids of the packages installed in it."""
         contents: dict[str, list[str]] = {}
         for node in self.graph.nodes.values():
-            out = self.out(node)
-            if out is None or node.stage != "rootfs":
+            out, res = self.out(node), self.results.get(node.name)
+            if out is None or res is None or node.stage != "rootfs":
                 continue
             ids = []
             for ext4 in sorted(out.glob("*.ext4")):
-                for pkg in dpkg_packages(ext4):
+                found = self.facts.read(res, ext4, "dpkg", partial(package_records, ext4))
+                for pkg in (DebianPackage(**p) for p in found):
                     ident = built.get((pkg.name, pkg.version))
                     if ident is None:
                         purl = (f"pkg:deb/debian/{pkg.name}@{pkg.version}?arch={pkg.arch}"
@@ -319,9 +387,11 @@ class Builder:
 
 
 def write_sbom(dest: Path, graph: Graph, results: dict[str, NodeResult],
-               artifacts: list[Any], *, recipe: str, epoch: int, release: str) -> Path:
-    """Write the export's SBOM to ``dest`` (the export dir) and return its path."""
-    b = Builder(graph, results, epoch)
+               artifacts: list[Any], *, recipe: str, epoch: int, release: str,
+               cache: Cache | None = None) -> Path:
+    """Write the export's SBOM to ``dest`` (the export dir) and return its path; with the
+    ``cache`` the results' objects are in, what it read before is not read again."""
+    b = Builder(graph, results, epoch, Facts(cache))
     b.sources()
     built = b.built_debs()
     contents = b.image_contents(built, release)

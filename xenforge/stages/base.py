@@ -162,6 +162,9 @@ class Stage:
     #: True for stages whose commands run in the target release's buildroot (the planner
     #: gives them the input ``buildroot``): compilers, Debian packaging
     buildroot: ClassVar[bool] = False
+    #: True for stages whose output the release's SBOM reads (sources, packages, root
+    #: filesystems): a build opens such an object even when it is cached, and so checks it
+    described: ClassVar[bool] = False
 
     def run(self, ctx: StageContext) -> None:
         raise NotImplementedError

@@ -79,6 +79,7 @@ def _timestamp(epoch: int) -> str:
 
 class KernelStage(Stage):
     name = "kernel"
+    described = True
     version = 2  # 2: host programs built with mapped paths (objtool in linux-headers)
     Options = KernelOptions
     artifacts = ("vmlinuz", "config", "System.map", "*.deb", "lintian.txt", "build-info.json")

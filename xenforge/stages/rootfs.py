@@ -129,6 +129,7 @@ class RootfsStage(Stage):
         "inside the ext4 image, apt and dpkg logs and the initramfs are not yet normalised "
         "to SOURCE_DATE_EPOCH")
     name: ClassVar[str] = "rootfs"
+    described = True
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = RootfsOptions
     artifacts: ClassVar[tuple[str, ...]] = ("*.ext4", "vmlinuz", "initrd.img", "access_key",

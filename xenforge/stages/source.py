@@ -35,6 +35,7 @@ class SourceOptions(StageOptions):
 
 class SourceStage(Stage):
     name: ClassVar[str] = "source"
+    described = True
     version: ClassVar[int] = 1
     Options: ClassVar[type[StageOptions]] = SourceOptions
     artifacts: ClassVar[tuple[str, ...]] = ()

@@ -117,6 +117,7 @@ def render(env: jinja2.Environment, value: Any, variables: dict[str, Any]) -> An
 
 class XenDebsStage(Stage):
     name: ClassVar[str] = "xen-debs"
+    described = True
     version: ClassVar[int] = 2
     Options: ClassVar[type[StageOptions]] = XenDebsOptions
     artifacts: ClassVar[tuple[str, ...]] = ("*.deb", "packages.json", "lintian.txt")
