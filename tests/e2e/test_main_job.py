@@ -22,7 +22,10 @@ from pathlib import Path
 import image_scan
 import pytest
 
+from xenforge.cache import Cache
 from xenforge.cache.state import StateDir
+from xenforge.plan import plan
+from xenforge.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "xen-host.yaml"
@@ -226,6 +229,7 @@ def test_host_mode_and_an_unmodified_hvm_guest(out_dir: Path, tmp_path: Path) ->
     res = subprocess.run([*XENFORGE, "build", str(HVM), "--plain", "-o", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert res.returncode == 0, f"build failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    _check_slim_guest()
     state = StateDir.for_cache(CACHE).run_dir("xen-host") / "state.json"  # where boot writes it
     state.unlink(missing_ok=True)
     disk = out / "xen-host-hvm" / "image-xen-host" / "xen-host.qcow2"  # a file, not the recipe
@@ -284,6 +288,27 @@ def test_host_mode_and_an_unmodified_hvm_guest(out_dir: Path, tmp_path: Path) ->
     assert any(c.startswith("test_guest_lifecycle[guest-hvm-") for c in cases), cases
     assert any(c.startswith("test_hvm_guest_without_device_model") for c in cases), cases
     _bench(junit, "guest-hvm", "sd")
+
+
+def _check_slim_guest() -> None:
+    """The HVM guest's image has the xenforge-slim element (guest-hvm.yaml): read from its
+    root filesystem with debugfs, no documentation beyond copyright files, no manual pages,
+    no translations, and dpkg's filters for later packages. That this image then boots and
+    serves SSH is the life cycle's part."""
+    graph = plan(load_recipe(HVM))
+    node = graph.nodes["rootfs:guest-hvm"]
+    image = next(Cache(CACHE).out(node.id).glob("*.ext4"))
+
+    def debugfs(request: str) -> str:
+        return subprocess.run(["debugfs", "-R", request, str(image)], capture_output=True,
+                              text=True, check=True).stdout
+
+    docs = debugfs("ls /usr/share/doc/bash").split()
+    assert "copyright" in docs and not any(n.startswith("changelog") for n in docs), docs
+    assert "bash.1.gz" not in debugfs("ls /usr/share/man/man1")
+    assert ".mo" not in debugfs("ls /usr/share/locale/de/LC_MESSAGES")
+    assert "path-exclude=/usr/share/doc/*" in debugfs(
+        "cat /etc/dpkg/dpkg.cfg.d/xenforge-slim")
 
 
 def _fleet_smoke_test(info: dict[str, str], out: Path, tmp_path: Path
