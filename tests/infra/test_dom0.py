@@ -32,7 +32,8 @@ def _unit(name: str) -> str:
 
 def _script(units: list[str], packages: list[str]) -> str:
     """One shell script printing every section the checks read, each after a marker line
-    with the command's exit status (so a failing command is reported, not mistaken)."""
+    with the command's exit status (so a failing command is reported, not mistaken) and
+    its duration in milliseconds (where a slow host's time goes)."""
     sections = {
         # the snapshot is of a host that finished booting (its services settled), at most
         # five minutes from now: "running", or "degraded" when a unit failed
@@ -54,20 +55,25 @@ def _script(units: list[str], packages: list[str]) -> str:
                                 + " ".join(map(shlex.quote, packages)))
     lines = []
     for name, command in sections.items():
-        lines.append(f"out=$({command} 2>&1); rc=$?; echo '{MARK}{name}' $rc; "
+        lines.append(f"t0=$(date +%s%N); out=$({command} 2>&1); rc=$?; "
+                     f"echo '{MARK}{name}' $rc $(( ($(date +%s%N) - t0) / 1000000 )); "
                      'printf "%s\\n" "$out"')
     return "; ".join(lines)
 
 
-def _parse(text: str) -> dict[str, tuple[int, str]]:
+def _parse(text: str, took: dict[str, float] | None = None) -> dict[str, tuple[int, str]]:
+    """The sections of the script's output: name -> (exit status, output); each one's
+    seconds into ``took``."""
     out: dict[str, tuple[int, str]] = {}
     name, rc, body = "", 0, []  # type: ignore[var-annotated]
     for line in text.splitlines():
         if line.startswith(MARK):
             if name:
                 out[name] = (rc, "\n".join(body))
-            name, _, status = line[len(MARK):].partition(" ")
-            rc, body = int(status or 0), []
+            name, *fields = line[len(MARK):].split()
+            rc, body = int(fields[0]) if fields else 0, []
+            if took is not None and len(fields) > 1 and fields[1].isdigit():
+                took[name] = int(fields[1]) / 1000
         elif name:
             body.append(line)
     if name:
@@ -76,14 +82,20 @@ def _parse(text: str) -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def facts(host: Any, expect: dict[str, Any]) -> dict[str, tuple[int, str]]:
-    """What the checks read, gathered in one command: section -> (exit status, output)."""
+def facts(host: Any, expect: dict[str, Any],
+          record_testsuite_property: Any) -> dict[str, tuple[int, str]]:
+    """What the checks read, gathered in one command: section -> (exit status, output).
+    The JUnit report gets the command's round trip and each section's seconds on the host
+    (``dom0_snapshot_seconds``, ``dom0_section_<name>_seconds``)."""
     units = sorted({_unit(u) for u in [*(expect.get("services") or []), *XEN_UNITS]})
     packages = sorted(expect.get("packages", {}))
     command = "sh -c " + shlex.quote(_script(units, packages))
     for attempt in range(3):
         try:
+            start = time.monotonic()
             res = host.run(command)
+            record_testsuite_property("dom0_snapshot_seconds",
+                                      round(time.monotonic() - start, 2))
             break
         except RuntimeError as exc:
             # the SSH transport failed (testinfra raises on ssh's exit 255, e.g. "Failed to
@@ -91,7 +103,10 @@ def facts(host: Any, expect: dict[str, Any]) -> dict[str, tuple[int, str]]:
             if "exit_status=255" not in str(exc) or attempt == 2:
                 raise
             time.sleep(5)
-    found = _parse(res.stdout)
+    took: dict[str, float] = {}
+    found = _parse(res.stdout, took)
+    for name, seconds in took.items():
+        record_testsuite_property(f"dom0_section_{name.replace('-', '_')}_seconds", seconds)
     assert found, f"the host answered nothing useful (exit {res.rc}): {res.stderr.strip()}"
     return found
 
