@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.harness import REPO, Outcome, Settings, clock, machine
 
 #: the benchmarks, in the order of the report (modules of bench/cases)
-CASES = ["noop", "timeline", "incremental", "scaling", "sizes", "boot", "peers"]
+CASES = ["noop", "timeline", "overhead", "incremental", "scaling", "sizes", "boot", "peers"]
 
 
 def _report(settings: Settings, outcomes: list[Outcome], errors: dict[str, str],

@@ -86,22 +86,26 @@ class Timed:
         return self
 
 
-def timed(argv: Sequence[str | os.PathLike[str]], cwd: Path | None = None) -> Timed:
+def timed(argv: Sequence[str | os.PathLike[str]], cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> Timed:
     """Run ``argv`` to the end; its CPU time is the change in this process's children's
     rusage (the harness runs one command at a time)."""
     args = [os.fspath(a) for a in argv]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False,
+                          env={**os.environ, **env} if env else None)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Timed(args, proc.returncode, wall, cpu, proc.stdout, proc.stderr)
 
 
-def xenforge(settings: Settings, *args: str | os.PathLike[str]) -> Timed:
-    """``xenforge --cache-dir CACHE ARGS...``, timed."""
-    return timed([XENFORGE, "--cache-dir", settings.cache, *args])
+def xenforge(settings: Settings, *args: str | os.PathLike[str], cache: Path | None = None,
+             env: dict[str, str] | None = None) -> Timed:
+    """``xenforge --cache-dir CACHE ARGS...`` (the settings' cache unless ``cache``), timed,
+    with ``env`` added to the environment."""
+    return timed([XENFORGE, "--cache-dir", cache or settings.cache, *args], env=env)
 
 
 def median(values: list[float]) -> float:
