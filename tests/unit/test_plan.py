@@ -180,6 +180,30 @@ def test_plan_json(fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert _ids(_plan(fx / "two-kernels.yaml")) == {k: v["id"] for k, v in nodes.items()}
 
 
+def test_several_recipes_plan_as_one_graph_with_shared_nodes_once(
+        fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`xenforge plan A B` plans what `xenforge build A B` builds: one graph, a node the
+    recipes share (same id) once."""
+    cache = str(tmp_path / "cache")
+    alone = {}
+    for name in ("kernel.yaml", "two-kernels.yaml"):
+        assert cli.main(["--cache-dir", cache, "plan", "--json", str(fx / name)]) == 0
+        alone[name] = {n["id"] for n in json.loads(capsys.readouterr().out)["nodes"]}
+    assert cli.main(["--cache-dir", cache, "plan", "--json", str(fx / "kernel.yaml"),
+                     str(fx / "two-kernels.yaml")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recipe"] == "mini-kernel+two-kernels"
+    ids = [n["id"] for n in data["nodes"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == alone["kernel.yaml"] | alone["two-kernels.yaml"]
+    shared = alone["kernel.yaml"] & alone["two-kernels.yaml"]
+    assert shared and len(ids) == sum(map(len, alone.values())) - len(shared)
+    assert cli.main(["--cache-dir", cache, "plan", str(fx / "kernel.yaml"),
+                     str(fx / "two-kernels.yaml")]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"recipe mini-kernel+two-kernels: {len(ids)} nodes (0 cached")
+
+
 def test_plan_of_a_broken_recipe_is_an_input_error(capsys: pytest.CaptureFixture[str]) -> None:
     broken = REPO / "tests" / "recipes" / "broken" / "bad-size.yaml"
     assert cli.main(["plan", str(broken)]) == 2

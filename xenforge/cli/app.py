@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     rl.set_defaults(func=cmd_recipes)
 
     pl = sub.add_parser("plan", parents=[common], help="show the build graph and what is cached")
-    pl.add_argument("recipe", metavar="RECIPE")
+    pl.add_argument("recipes", nargs="+", metavar="RECIPE",
+                    help="one or more recipes (several: one graph, shared nodes once, as "
+                    "`xenforge build` builds them)")
     pl.add_argument("--json", action="store_true", help="machine-readable graph")
     add_remote_options(pl)
     pl.set_defaults(func=cmd_plan)

@@ -73,11 +73,12 @@ def _loaded(arg: str) -> LoadedRecipe:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from xenforge.build.resolve import local_nodes, remote_nodes, states
-    from xenforge.plan import plan
+    from xenforge.plan import plan_many
     from xenforge.plan.graph import explain_change
 
-    loaded = _loaded(args.recipe)
-    graph = plan(loaded)
+    loadeds = [_loaded(r) for r in args.recipes]
+    loaded = loadeds[0]
+    graph = plan_many(loadeds)
     cache = cache_of(args)
     try:
         log: Path | None = cache.state.logs(graph.recipe) / "remote.log"
@@ -100,7 +101,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         shown = {"local": "cached", "remote": "remote (fetched, not built)",
                  "unneeded": "not needed (what uses it is cached)"}.get(state[node.name])
         if shown is None:
-            shown = "build: " + explain_change(node, cache.read_ref(graph.recipe, node.name))
+            recipe, own = graph.origins_of(node.name)[0]
+            shown = "build: " + explain_change(node, cache.read_ref(recipe, own))
         deps = ", ".join(node.deps())
         print(f"  {node.name:<22} {node.id[:12]}  {shown}" + (f"  <- {deps}" if deps else ""))
     return 0
