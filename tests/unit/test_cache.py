@@ -70,6 +70,29 @@ def test_commit_moves_staging_into_place(cache: Cache) -> None:
     assert list(cache.tmp_dir.iterdir()) == []
 
 
+def test_has_reads_a_manifest_again_only_when_its_file_changed(
+        cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """has() is asked many times per build; a tree's manifest is megabytes: it is parsed
+    once while the file stays the same, and again when it is emptied, damaged or replaced."""
+    _put(cache, ID_A)
+    reads: list[str] = []
+    real = cache.store.read_manifest
+    monkeypatch.setattr(cache.store, "read_manifest",
+                        lambda node_id: reads.append(node_id) or real(node_id))
+    assert all(cache.has(ID_A) for _ in range(5)) and reads == [ID_A]
+    manifest = cache.object_dir(ID_A) / "manifest.json"
+    text = manifest.read_text()
+    time.sleep(0.02)  # file times tick per jiffy: the damage comes a tick after the check
+    with open(manifest, "r+") as f:  # damaged in place: same inode, same size
+        f.write("#" + text[1:])
+    assert not cache.has(ID_A)
+    manifest.write_text(text)  # the same bytes again (a new mtime)
+    assert cache.has(ID_A)
+    manifest.write_text("")  # emptied
+    assert not cache.has(ID_A)
+    assert len(reads) == 4
+
+
 def test_a_failed_commit_leaves_no_object(cache: Cache, monkeypatch: pytest.MonkeyPatch
                                           ) -> None:
     real_rename = os.rename

@@ -72,14 +72,28 @@ class LocalStore(Store):
     def __init__(self, objects: Path, tmp: Path) -> None:
         self.objects_dir = objects
         self.tmp_dir = tmp
+        #: node id -> (the manifest file's inode, size and mtime, whether it is one): a
+        #: source tree's manifest is megabytes of JSON, and a build asks has() many times
+        self._valid: dict[str, tuple[tuple[int, int, int, int], bool]] = {}
 
     def object_dir(self, node_id: str) -> Path:
         return self.objects_dir / node_id[:2] / node_id
 
     def has(self, node_id: str) -> bool:
         """The object exists with a manifest that is one (an emptied or damaged manifest is
-        no object: it is rebuilt, and gc may take the directory)."""
-        return self.read_manifest(node_id) is not None
+        no object: it is rebuilt, and gc may take the directory). The manifest is read
+        again only when its file changed (another inode, size or mtime)."""
+        try:
+            st = (self.object_dir(node_id) / "manifest.json").stat()
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        known = self._valid.get(node_id)
+        if known is not None and known[0] == key:
+            return known[1]
+        valid = self.read_manifest(node_id) is not None
+        self._valid[node_id] = (key, valid)
+        return valid
 
     def read_manifest(self, node_id: str) -> dict[str, Any] | None:
         try:
