@@ -1,8 +1,11 @@
 """Peers: a guest-style Debian 13 (trixie) image with sshd and networking, by xenforge's rootfs
-stage (the default guest disk, ``recipes/guest.yaml``) and by mkosi (Debian's package: a
-non-bootable GPT disk with one ext4 root, its incremental cache on), on this machine in this
-run: cold and warm build, size, package count. Target: xenforge's warm rebuild of an
-unchanged base at or below mkosi's.
+stage (the default guest disk, ``recipes/guest.yaml``), by mkosi (Debian's package: a
+non-bootable GPT disk with one ext4 root, its incremental cache on) and by KIWI (PyPI's
+``kiwi``, pinned, installed into a venv in the cache's scratch on first use: an ``ext4``
+filesystem image, as xenforge's guest disk is one; its shared cache dir of downloaded
+packages in the run's scratch, empty for the cold build), on this machine in this run:
+cold and warm build, size, package count. Target: xenforge's warm rebuild of an unchanged
+base at or below mkosi's.
 
 xenforge's cold figure is the guest root filesystem's own build time (its manifest: the
 diskimage-builder run, without the wait for the guest kernel it installs); its warm figure a
@@ -18,6 +21,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import yaml
+
 from bench.harness import REPO, Outcome, Settings, Table, Target, clock, median, timed, xenforge
 from xenforge.cache import Cache
 from xenforge.core.units import human_size
@@ -26,6 +31,41 @@ NAME, TITLE, QUICK = "peers", "Peers: the same guest image by xenforge and by mk
 #: what the peer's image holds besides mkosi's base packages (systemd, ...)
 MKOSI_PACKAGES = ["openssh-server", "systemd-resolved", "iproute2", "ifupdown",
                   "isc-dhcp-client"]
+#: the KIWI release measured (PyPI)
+KIWI = "kiwi==11.1.6"
+#: KIWI's image description: the same packages over an init system, one ext4 filesystem
+KIWI_DESCRIPTION = """<?xml version="1.0" encoding="utf-8"?>
+<image schemaversion="8.0" name="peer-guest">
+    <description type="system">
+        <author>xenforge bench</author>
+        <contact>bench@xenforge.invalid</contact>
+        <specification>guest-style Debian 13 image with sshd and networking</specification>
+    </description>
+    <preferences>
+        <version>1.0.0</version>
+        <packagemanager>apt</packagemanager>
+        <timezone>UTC</timezone>
+        <rpm-check-signatures>false</rpm-check-signatures>
+        <type image="ext4"/>
+    </preferences>
+    <repository type="apt-deb" distribution="trixie" components="main"
+                repository_gpgcheck="false">
+        <source path="{mirror}"/>
+    </repository>
+    <packages type="image">
+        <package name="systemd-sysv"/>
+{packages}
+    </packages>
+    <packages type="bootstrap">
+        <package name="apt"/>
+        <package name="dpkg"/>
+        <package name="base-files"/>
+        <package name="base-passwd"/>
+        <package name="bash"/>
+        <package name="coreutils"/>
+    </packages>
+</image>
+"""
 
 
 @dataclass
@@ -90,6 +130,38 @@ def _mkosi(settings: Settings) -> Built:
     return Built(f"{version} (gpt_ext4, incremental)", cold.wall, warm.wall, size, packages)
 
 
+def _kiwi_ng(settings: Settings) -> Path:
+    """kiwi-ng of a venv of its own in the cache's scratch (made on first use, from PyPI)."""
+    venv = Cache(settings.cache).scratch("bench-kiwi") / "venv"
+    kiwi = venv / "bin" / "kiwi-ng"
+    if not kiwi.exists():
+        timed(["python3", "-m", "venv", venv]).check()
+        timed([venv / "bin" / "pip", "install", "-q", KIWI]).check()
+    return kiwi
+
+
+def _kiwi(settings: Settings) -> Built:
+    root = settings.work / "kiwi"
+    desc = root / "description"
+    desc.mkdir(parents=True, exist_ok=True)
+    release = yaml.safe_load((REPO / "releases" / "debian-trixie.yaml").read_text())
+    (desc / "appliance.kiwi").write_text(KIWI_DESCRIPTION.format(
+        mirror=release["mirror"], packages="\n".join(
+            f'        <package name="{p}"/>' for p in MKOSI_PACKAGES)))
+    kiwi = _kiwi_ng(settings)
+    runs = []
+    for _ in range(2):  # cold: nothing downloaded yet; warm: its package cache kept
+        shutil.rmtree(root / "out", ignore_errors=True)
+        runs.append(timed([kiwi, "--shared-cache-dir", root / "cache", "system", "build",
+                           "--description", desc, "--target-dir", root / "out"]).check())
+    image = next((root / "out").glob("*.ext4"))
+    packages = next((root / "out").glob("*.packages"))
+    built = Built(f"KIWI {KIWI.split('==')[1]} (ext4 filesystem image)", runs[0].wall,
+                  runs[1].wall, _sizes(image), len(packages.read_text().splitlines()))
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+    return built
+
+
 def _xenforge(settings: Settings) -> Built:
     recipe = REPO / "recipes" / "guest.yaml"
     out = settings.work / "peers-out"
@@ -122,12 +194,20 @@ def run(settings: Settings) -> Outcome:
     else:
         outcome.notes.append("mkosi not measured: it needs root and Debian's mkosi package "
                              "(ci/setup-host.sh installs it)")
+    if os.geteuid() == 0:
+        kiwi = _kiwi(settings)
+        figures["kiwi"] = asdict(kiwi)
+        rows.append(kiwi.row())
+    else:
+        outcome.notes.append("KIWI not measured: it needs root")
     outcome.tables.append(Table(["tool", "cold", "warm (unchanged)", "size (apparent / "
                                  "allocated)", "packages"], rows))
     outcome.figures = figures
     outcome.notes.append(
-        "Not measured here: KIWI (PyPI `kiwi`), whose Debian disk images need a description "
-        "with its own bootstrap and device mapping, not set up yet; a boot to the SSH banner "
-        "of the peers' images (mkosi's bootable images need an EFI system partition, and this "
-        "machine cannot mount vfat). xenforge's guest boots are in the boot benchmark.")
+        "KIWI has no cache of built trees: its warm build installs every package again, "
+        "from downloads it kept. Its partitioned disk types (oem) map partitions with "
+        "device-mapper, which this machine lacks, so its image is the filesystem type. Not "
+        "measured here: a boot to the SSH banner of the peers' images (mkosi's bootable "
+        "images need an EFI system partition, and this machine cannot mount vfat). "
+        "xenforge's guest boots are in the boot benchmark.")
     return outcome
