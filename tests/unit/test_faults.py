@@ -12,6 +12,7 @@ cache) and the build after it.
 from __future__ import annotations
 
 import errno
+import json
 import re
 import shutil
 import signal
@@ -381,6 +382,30 @@ def test_small_writes_on_a_full_disk_leave_no_temp_files(small_disk: Path) -> No
 
 
 # -- a byte flipped in a cached object --------------------------------------------------------
+
+def test_a_matrix_build_exports_each_recipe_whose_node_another_recipe_renamed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`xenforge build A B` where both recipes have a node `base` that differs: the matrix
+    names B's `B/base`; each recipe's export (its SBOM and provenance follow the inputs)
+    still works under the recipe's own names (it failed with KeyError 'B/base')."""
+    counter = tmp_path / "runs"
+
+    def nodes(kib: int) -> list[dict[str, object]]:
+        opts = {"counter": str(counter), "seconds": 0.01}
+        return [{"name": "base", "stage": "slow-test", "options": {**opts, "payload_kib": kib}},
+                {"name": "top", "stage": "slow-test", "inputs": {"base": "base"},
+                 "options": {**opts, "payload_kib": 4}}]
+
+    _install_test_graphs(monkeypatch, {"ra": nodes(8), "rb": nodes(16)})
+    recipes = [testgraphs.write_recipe(tmp_path / "recipes", n) for n in ("ra", "rb")]
+    out = tmp_path / "out"
+    assert cli.main(["--cache-dir", str(tmp_path / "cache"), "build", *map(str, recipes),
+                     "-o", str(out), "--quiet"]) == 0
+    for name, kib in (("ra", 8), ("rb", 16)):
+        prov = json.loads((out / name / "provenance.intoto.json").read_text())
+        text = json.dumps(prov)
+        assert "rb/base" not in text
+        assert (out / name / "base" / "payload.bin").stat().st_size == kib * 1024
 
 def test_a_cached_object_nothing_reads_is_not_opened_until_a_build_reads_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -11,7 +11,7 @@ may be one value or a list (``debs: [xen-debs, kernel:dom0]``, ``fragments: [a, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +99,18 @@ class Graph:
         return self.origins.get(name) or [(self.recipe, name)]
 
     def view(self, recipe: str) -> Graph:
-        """One recipe's part of a matrix graph, under the recipe's own node names (the
-        nodes are the matrix's: same ids, same objects)."""
+        """One recipe's part of a matrix graph, under the recipe's own node names: copies
+        of the matrix's nodes (same ids) named, and with inputs named, as the recipe names
+        them, so that the view is a graph of its own (an export's SBOM and provenance
+        follow its inputs)."""
         names = {self_name: own for self_name in self.nodes
                  for r, own in self.origins_of(self_name) if r == recipe}
         out = Graph(recipe)
         for self_name, own in names.items():
-            out.nodes[own] = self.nodes[self_name]
+            node = self.nodes[self_name]
+            inputs = {label: names.get(ref, ref) if isinstance(ref, str)
+                      else [names.get(r, r) for r in ref] for label, ref in node.inputs.items()}
+            out.nodes[own] = replace(node, name=own, inputs=inputs)
         return out
 
     def add(self, node: Node) -> Node:
