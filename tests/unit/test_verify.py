@@ -198,9 +198,12 @@ def test_dom0_facts_come_in_one_command() -> None:
                              capture_output=True, text=True, check=True).stdout
     script = infra_dom0._script(["ssh.service", "xenstored.service"], ["bash"])
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
-    facts = infra_dom0._parse(out)
+    took: dict[str, float] = {}
+    facts = infra_dom0._parse(out, took)
     assert set(facts) == {"system", "capabilities", "devices", "xl-info", "xl-list", "uname",
-                          "processes", "units", "links", "os-release", "machine", "packages"}
+                          "processes", "units", "links", "os-release", "machine", "packages",
+                          "boot-time"}
+    assert set(took) == set(facts) and all(0 <= t < 600 for t in took.values())
     assert facts["uname"] == (0, os.uname().release)
     assert facts["xl-info"][0] != 0  # this machine is no Xen host: the check says so
     with pytest.raises(AssertionError, match="`xl info` failed with exit"):
