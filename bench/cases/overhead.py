@@ -109,10 +109,11 @@ def plain_hypervisor(settings: Settings, plan: dict[str, object]) -> tuple[float
     from xenforge.core import run as runner
     from xenforge.core.sandbox import Sandbox
 
-    nodes = {n["name"]: n for n in plan["nodes"]}  # type: ignore[attr-defined]
-    hyp = next(n for n in nodes.values() if n["stage"] == "hypervisor")
+    nodes = plan["nodes"]
+    assert isinstance(nodes, list)
+    hyp = next(n for n in nodes if n["stage"] == "hypervisor")
     cache = Cache(settings.cache)
-    by_name = {n["name"]: n["id"] for n in nodes.values()}
+    by_name = {n["name"]: n["id"] for n in nodes}
     with tempfile.TemporaryDirectory(prefix="xenforge-bench-", dir=settings.work) as tmp:
         fresh = Path(tmp) / "cache"
         for label in ("tree", "buildroot"):  # its inputs only, as hard links

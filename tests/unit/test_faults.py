@@ -184,6 +184,15 @@ def _install_test_graphs(monkeypatch: pytest.MonkeyPatch, spec: testgraphs.Spec)
     monkeypatch.setattr(xenforge.plan, "plan", testgraphs.planner(spec))
 
 
+def _flip_byte(path: Path, offset: int) -> None:
+    """One bit of a file flipped in place: same size, same inode."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
 def _sums(folder: Path) -> dict[str, str]:
     """An export's artifacts by path -> sha256 (its own documents left out)."""
     docs = {"manifest.json", "provenance.intoto.json", "sbom.spdx.json"}
@@ -433,12 +442,7 @@ def test_a_cached_object_nothing_reads_is_not_opened_until_a_build_reads_it(
     argv = ["--cache-dir", str(cache_dir), "build", str(recipe), "-o", str(out), "--plain"]
     assert cli.main(argv) == 0
     graph = xenforge.plan.plan(load_recipe(recipe))
-    mid = Cache(cache_dir).out(graph.nodes["mid"].id) / "payload.bin"
-    with open(mid, "r+b") as f:  # in place: same size, same inode
-        f.seek(100)
-        byte = f.read(1)
-        f.seek(100)
-        f.write(bytes([byte[0] ^ 0x01]))
+    _flip_byte(Cache(cache_dir).out(graph.nodes["mid"].id) / "payload.bin", 100)
     capsys.readouterr()
     assert cli.main(argv) == 0
     shown = capsys.readouterr().out
@@ -476,12 +480,7 @@ def test_a_flipped_byte_in_a_cached_object_is_found_and_the_node_rebuilt(
     assert sorted(want) == ["base/payload.bin", "top/payload.bin"]
 
     graph = xenforge.plan.plan(load_recipe(recipe))  # the test graph, with its ids
-    base = Cache(cache_dir).out(graph.nodes["base"].id) / "payload.bin"
-    with open(base, "r+b") as f:  # one byte, in place: same size, same inode
-        f.seek(1000)
-        byte = f.read(1)
-        f.seek(1000)
-        f.write(bytes([byte[0] ^ 0x01]))
+    _flip_byte(Cache(cache_dir).out(graph.nodes["base"].id) / "payload.bin", 1000)
     capsys.readouterr()
     assert cli.main(argv) == 0
     shown = capsys.readouterr().out

@@ -69,19 +69,18 @@ class Executor:
     def __init__(self, graph: Graph, cache: Cache, progress: Reporter, *,
                  jobs: int | None = None, logs_dir: Path | None = None,
                  remote: RemoteCache | None = None, push: set[str] | None = None,
-                 fetched: dict[str, str] | None = None,
-                 opened: set[str] | None = None) -> None:
+                 fetched: dict[str, str] | None = None, resolved: bool = False) -> None:
         """``remote``: every node built is uploaded there (unless it is read-only), and the
         cached nodes named in ``push``; ``fetched``: how nodes came from it (for the
-        report); ``opened``: the cached nodes the build reads, checked against their
-        manifests before use (None: every one; the others are only reported). See
-        :func:`xenforge.build.resolve.resolve`."""
+        report); ``resolved``: the graph is a resolution's, which checked every cached
+        object the build reads, so a node cached then is not opened again (without it,
+        each cached node is checked here). See :func:`xenforge.build.resolve.resolve`."""
         self.graph = graph
         self.cache = cache
         self.remote = remote if remote is not None and remote.writable else None
         self.push = push or set()
         self.fetched = fetched or {}
-        self.opened = opened
+        self.resolved = resolved
         self.progress = progress
         self.jobs = jobs or os.cpu_count() or 2
         self.logs_dir = logs_dir or cache.state.logs(graph.recipe)
@@ -256,11 +255,9 @@ class Executor:
                            f"{took.describe('sent')}")
 
     def _damaged(self, node: Node) -> bool:
-        """Whether a cached node's object is damaged; one the build does not read is
-        not opened (resolve checked the others just before)."""
-        if self.opened is not None and node.name not in self.opened:
-            return False
-        return bool(self.cache.verified(node.id))
+        """Whether a cached node's object is damaged (after a resolution: not asked again;
+        it checked what the build reads, and nothing reads the rest)."""
+        return not self.resolved and bool(self.cache.verified(node.id))
 
     def _cached(self, node: Node, detail: str = "") -> NodeResult:
         self.cache.touch(node.id)

@@ -35,9 +35,6 @@ class Resolution:
     #: local objects the remote lacks (the executor uploads them)
     push: set[str] = field(default_factory=set)
     damaged: list[str] = field(default_factory=list)  # remote copies that failed checks
-    #: the nodes whose objects the build reads (see :func:`opened`); the others are
-    #: cached and never opened, so nobody checks them
-    opened: set[str] = field(default_factory=set)
 
 
 def wanted(graph: Graph, targets: list[str] | None = None) -> set[str]:
@@ -172,6 +169,5 @@ def resolve(graph: Graph, cache: Cache, remote: RemoteCache | None,
                               "building it here")
                 available[name] = False
     keep = {name for name, s in state.items() if s != "unneeded"}
-    push = pushed(state)
     return Resolution(graph=graph.subset(keep), state=state, remote=remote, fetched=fetched,
-                      push=push, damaged=damaged, opened=opened(graph, state, targets) | push)
+                      push=pushed(state), damaged=damaged)

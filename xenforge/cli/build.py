@@ -162,7 +162,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         todo = resolve(graph, cache, remote, progress, targets=args.target)
         results = Executor(todo.graph, cache, progress, jobs=args.jobs, logs_dir=logs,
                            remote=todo.remote, push=todo.push, fetched=todo.fetched,
-                           opened=todo.opened).run()
+                           resolved=True).run()
     if timeline is not None:
         from xenforge.export.timeline import write_svg
 
