@@ -2,7 +2,7 @@
 (see ``_xenbuild.py``).
 
 The default recipe's two kernels (dom0 = [base, dom0], guest = [base, domu], both from ONE
-tree node: linux-source-6.1 with the line's patch series) are its own nodes, built by the
+tree node: linux-source-6.12 with the line's patch series) are its own nodes, built by the
 executor; ``build_kernel`` builds a variant through the kernel stage directly.
 """
 
