@@ -197,7 +197,7 @@ def test_dom0_facts_come_in_one_command() -> None:
     version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "bash"],
                              capture_output=True, text=True, check=True).stdout
     script = infra_dom0._script(["ssh.service", "xenstored.service"], ["bash"])
-    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout
     took: dict[str, float] = {}
     facts = infra_dom0._parse(out, took)
     assert set(facts) == {"system", "capabilities", "devices", "xl-info", "xl-list", "uname",
