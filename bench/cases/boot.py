@@ -107,7 +107,8 @@ def run(settings: Settings) -> Outcome:
                 outcome.targets.append(Target("dom0 suite once the VM is ready", total, 30))
                 for name, value in _suite_properties(junit).items():  # where its time goes
                     if name == "dom0_boot_time":
-                        outcome.notes.append("dom0's boot (systemd-analyze time and blame):"
+                        outcome.notes.append("dom0's boot (kernel, userspace, each unit "
+                                             "the suite checks):"
                                              "\n\n```\n" + value + "\n```")
                     elif name.startswith("dom0_"):
                         rows.append([f"  {name.removeprefix('dom0_').replace('_', ' ')}",

@@ -44,13 +44,17 @@ def _script(units: list[str], packages: list[str]) -> str:
         "xl-list": "xl list",
         "uname": "uname -r",
         "processes": "ps -eo comm=",
-        "units": "systemctl show --property=Id,LoadState,ActiveState,SubState "
+        "units": "systemctl show --property=Id,LoadState,ActiveState,SubState,"
+                 "InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic "
                  + " ".join(map(shlex.quote, units)),
         "links": "ip -o link show",
         "os-release": "cat /etc/os-release",
         "machine": "hostname; findmnt -n -o FSTYPE /",
-        # where the boot's time went (no check reads it: the JUnit report keeps it)
-        "boot-time": "systemd-analyze time; systemd-analyze blame --no-pager | head -12",
+        # where the boot's time went (no check reads it: the JUnit report keeps it), from
+        # the manager's timestamps in one call: `systemd-analyze blame` asks for every
+        # unit's (hundreds of D-Bus calls) and took 130 s of a 172 s snapshot in a TCG dom0
+        "boot-time": "systemctl show --property=InitRDTimestampMonotonic,"
+                     "UserspaceTimestampMonotonic,FinishTimestampMonotonic",
     }
     if packages:
         sections["packages"] = ("dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' "
@@ -112,7 +116,7 @@ def facts(host: Any, expect: dict[str, Any],
     for name, seconds in took.items():
         record_testsuite_property(f"dom0_section_{name.replace('-', '_')}_seconds", seconds)
     if "boot-time" in found:
-        record_testsuite_property("dom0_boot_time", found["boot-time"][1].strip()[:2000])
+        record_testsuite_property("dom0_boot_time", _boot_time(found))
     assert found, f"the host answered nothing useful (exit {res.rc}): {res.stderr.strip()}"
     return found
 
@@ -145,6 +149,38 @@ def _units(facts: dict[str, tuple[int, str]]) -> dict[str, dict[str, str]]:
         key, _, value = line.partition("=")
         current[key] = value
     return units
+
+
+def _boot_time(facts: dict[str, tuple[int, str]]) -> str:
+    """Where dom0's boot went, like ``systemd-analyze time`` and ``blame`` (for the units the
+    suite asked about): "kernel 11.4s + userspace 92.1s = 103.5s; xendomains.service 56.6s,
+    ..."; what the host did not say is left out."""
+    rc, out = facts.get("boot-time", (1, ""))
+    stamps = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line) \
+        if rc == 0 else {}
+
+    def seconds(key: str) -> float:
+        value = stamps.get(key, "")
+        return int(value) / 1e6 if value.isdigit() else 0.0
+    start, initrd, finish = (seconds(f"{k}TimestampMonotonic")
+                             for k in ("Userspace", "InitRD", "Finish"))
+    parts = []
+    if start and finish:
+        kernel = initrd or start
+        parts.append(f"kernel {kernel:.1f}s" + (f" + initrd {start - initrd:.1f}s"
+                                                 if initrd else "")
+                     + f" + userspace {finish - start:.1f}s = {finish:.1f}s")
+    units = []
+    if facts.get("units", (1, ""))[0] == 0:
+        for name, props in _units(facts).items():
+            began, up = (props.get(k, "") for k in ("InactiveExitTimestampMonotonic",
+                                                    "ActiveEnterTimestampMonotonic"))
+            if began.isdigit() and up.isdigit() and int(up) >= int(began) > 0:
+                units.append((int(up) - int(began), name))
+    if units:
+        parts.append(", ".join(f"{name} {us / 1e6:.1f}s"
+                               for us, name in sorted(units, reverse=True)))
+    return "; ".join(parts) or "(not reported)"
 
 
 def test_dom0_runs_on_xen_as_control_domain(facts: dict[str, tuple[int, str]]) -> None:

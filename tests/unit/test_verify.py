@@ -219,6 +219,28 @@ def test_dom0_facts_come_in_one_command() -> None:
         assert "ssh.service" in infra_dom0._units(facts)
 
 
+def test_dom0_boot_time_reads_the_managers_and_units_timestamps() -> None:
+    """What the JUnit report keeps of dom0's boot, from two sections the snapshot gathered;
+    a unit that never started, and a host that said nothing, are left out."""
+    units = ("Id=xendomains.service\nActiveState=active\n"
+             "InactiveExitTimestampMonotonic=40000000\nActiveEnterTimestampMonotonic=96627000\n"
+             "\nId=xenstored.service\nActiveState=active\n"
+             "InactiveExitTimestampMonotonic=20000000\nActiveEnterTimestampMonotonic=21500000\n"
+             "\nId=xen.service\nActiveState=inactive\n"
+             "InactiveExitTimestampMonotonic=0\nActiveEnterTimestampMonotonic=0\n")
+    boot = ("InitRDTimestampMonotonic=0\nUserspaceTimestampMonotonic=11415000\n"
+            "FinishTimestampMonotonic=103476000\n")
+    facts = {"units": (0, units), "boot-time": (0, boot)}
+    assert infra_dom0._boot_time(facts) == (
+        "kernel 11.4s + userspace 92.1s = 103.5s; xendomains.service 56.6s, "
+        "xenstored.service 1.5s")
+    with_initrd = boot.replace("InitRDTimestampMonotonic=0", "InitRDTimestampMonotonic=3000000")
+    assert infra_dom0._boot_time({"boot-time": (0, with_initrd)}).startswith(
+        "kernel 3.0s + initrd 8.4s + userspace 92.1s")
+    assert infra_dom0._boot_time({"boot-time": (1, "Failed to connect to bus")}) == \
+        "(not reported)"
+
+
 def test_a_run_that_writes_no_junit_never_passes_on_an_old_one(tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     junit.write_text('<testsuites><testsuite tests="3"><testcase name="a"/><testcase name="b"/>'
