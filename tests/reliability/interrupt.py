@@ -641,7 +641,7 @@ def interrupt_once(cfg: Config, ref: Reference, trial: Trial, cache: Path, out: 
                            max(0.0, deadline - time.monotonic()))
         if done is not None:  # it ended before the signal: no kill
             proc.wait(timeout=cfg.build_timeout)
-            return max(0.0, float(done["_seen"]) - t0)
+            return max(0.0, float(done["_seen"]) - float(t0))
         kill = Kill(attempt=attempt, after=round(time.monotonic() - t0, 2),
                     fraction=round(fraction, 3), doing=_last_command(str(started.get("log"))))
         sent = time.monotonic()
