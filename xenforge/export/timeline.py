@@ -138,7 +138,7 @@ def render_svg(spans: list[Span], title: str = "xenforge build") -> str:
     work = sum(s.seconds for s in built)
     summary = (f"{len(built)} built, {sum(s.status == 'cached' for s in spans)} cached, "
                f"{sum(s.status == 'failed' for s in spans)} failed; wall {_clock(total)}, "
-               f"node time {_clock(work)}")
+               f"bars {_clock(work)} (a node's bar includes its wait for inputs)")
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
            f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
            f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
