@@ -136,19 +136,27 @@ def _xl_info(facts: dict[str, tuple[int, str]]) -> dict[str, str]:
     return info
 
 
-def _units(facts: dict[str, tuple[int, str]]) -> dict[str, dict[str, str]]:
-    """systemctl show's blocks: unit -> {LoadState, ActiveState, SubState}."""
-    units: dict[str, dict[str, str]] = {}
-    current: dict[str, str] = {}
-    for line in [*_ok(facts, "units", "systemctl show").splitlines(), ""]:
+def _blocks(text: str) -> list[dict[str, str]]:
+    """``systemctl show``'s output: one KEY=VALUE block per unit (the manager's is one)."""
+    blocks: list[dict[str, str]] = [{}]
+    for line in text.splitlines():
         if not line.strip():
-            if current.get("Id"):
-                units[current["Id"]] = current
-            current = {}
+            blocks.append({})
             continue
         key, _, value = line.partition("=")
-        current[key] = value
-    return units
+        blocks[-1][key] = value
+    return [b for b in blocks if b]
+
+
+def _units(facts: dict[str, tuple[int, str]]) -> dict[str, dict[str, str]]:
+    """systemctl show's blocks: unit -> {LoadState, ActiveState, SubState}."""
+    return {b["Id"]: b for b in _blocks(_ok(facts, "units", "systemctl show")) if b.get("Id")}
+
+
+def _usec(props: dict[str, str], key: str) -> int:
+    """A systemd timestamp property in microseconds; 0 when absent or not a number."""
+    value = props.get(key, "")
+    return int(value) if value.isdigit() else 0
 
 
 def _boot_time(facts: dict[str, tuple[int, str]]) -> str:
@@ -156,27 +164,21 @@ def _boot_time(facts: dict[str, tuple[int, str]]) -> str:
     suite asked about): "kernel 11.4s + userspace 92.1s = 103.5s; xendomains.service 56.6s,
     ..."; what the host did not say is left out."""
     rc, out = facts.get("boot-time", (1, ""))
-    stamps = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line) \
-        if rc == 0 else {}
-
-    def seconds(key: str) -> float:
-        value = stamps.get(key, "")
-        return int(value) / 1e6 if value.isdigit() else 0.0
-    start, initrd, finish = (seconds(f"{k}TimestampMonotonic")
+    manager = (_blocks(out) or [{}])[0] if rc == 0 else {}
+    start, initrd, finish = (_usec(manager, f"{k}TimestampMonotonic") / 1e6
                              for k in ("Userspace", "InitRD", "Finish"))
     parts = []
     if start and finish:
-        kernel = initrd or start
-        parts.append(f"kernel {kernel:.1f}s" + (f" + initrd {start - initrd:.1f}s"
-                                                 if initrd else "")
+        parts.append(f"kernel {initrd or start:.1f}s"
+                     + (f" + initrd {start - initrd:.1f}s" if initrd else "")
                      + f" + userspace {finish - start:.1f}s = {finish:.1f}s")
     units = []
     if facts.get("units", (1, ""))[0] == 0:
         for name, props in _units(facts).items():
-            began, up = (props.get(k, "") for k in ("InactiveExitTimestampMonotonic",
-                                                    "ActiveEnterTimestampMonotonic"))
-            if began.isdigit() and up.isdigit() and int(up) >= int(began) > 0:
-                units.append((int(up) - int(began), name))
+            began = _usec(props, "InactiveExitTimestampMonotonic")
+            up = _usec(props, "ActiveEnterTimestampMonotonic")
+            if up >= began > 0:
+                units.append((up - began, name))
     if units:
         parts.append(", ".join(f"{name} {us / 1e6:.1f}s"
                                for us, name in sorted(units, reverse=True)))
