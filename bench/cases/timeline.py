@@ -1,8 +1,10 @@
 """Where a build's time goes: the picture of the recipe's largest build on record (the one of
 its build log with the most nodes built: ``xenforge timeline`` draws it), and the parallelism
 of the recipe from the cache's manifests, which record each node's build seconds however the
-nodes were built: the sum of node times, the critical path through the graph, and the lower
-bound of a 2-core build's wall, max(critical path, node time / cores)."""
+nodes were built: the sum of node times, the critical path through the graph, the CPU time
+of each node's commands, and the lower bound of a build's wall on this machine's cores,
+max(critical path, CPU work / cores) - node time / cores where a manifest has no CPU figure
+(an object built before xenforge counted it, or on a host without cgroups)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ def run(settings: Settings) -> Outcome:
     cache = Cache(settings.cache)
     deps: dict[str, list[str]] = {}
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     recorded: list[Span] = []  # when the cache's objects were built, from their manifests
     for node in plan["nodes"]:
         refs = node["inputs"].values()
@@ -59,6 +62,8 @@ def run(settings: Settings) -> Outcome:
         manifest = cache.store.read_manifest(node["id"])
         if manifest is not None:
             seconds[node["name"]] = float(manifest.get("seconds", 0.0))
+            if manifest.get("cpu_seconds") is not None:
+                cpu[node["name"]] = float(manifest["cpu_seconds"])
             end = float(manifest.get("finished", 0.0))
             took = seconds[node["name"]] + float(manifest.get("waited", 0.0))
             if end:
@@ -67,20 +72,28 @@ def run(settings: Settings) -> Outcome:
     chain = critical_path(deps, seconds)
     total, path = sum(seconds.values()), sum(seconds.get(n, 0.0) for n in chain)
     cores = os.cpu_count() or 1
-    bound = max(path, total / cores)
+    counted = set(cpu) == set(seconds) and bool(cpu)
+    work = sum(cpu.values()) if counted else total
+    bound = max(path, work / cores)
     outcome.tables.append(Table(["figure (from the cache's manifests)", "value"], [
-        ["nodes in the plan / with a manifest", f"{len(deps)} / {len(seconds)}"],
+        ["nodes in the plan / with a manifest / with CPU time",
+         f"{len(deps)} / {len(seconds)} / {len(cpu)}"],
         ["sum of node build times", clock(total)],
+        ["CPU work of the nodes' commands", clock(sum(cpu.values())) if counted else
+         "not counted for every node (node time used instead)"],
         ["critical path", clock(path) + " (" + " -> ".join(chain) + ")"],
-        [f"lower bound of the wall on {cores} cores", clock(bound)],
+        [f"lower bound of the wall on {cores} cores: max(critical path, "
+         f"{'CPU work' if counted else 'node time'} / {cores})", clock(bound)],
     ]))
-    outcome.tables.append(Table(["node", "build time", "on the critical path"], [
-        [n, clock(s), "yes" if n in chain else ""]
+    outcome.tables.append(Table(["node", "build time", "CPU time", "on the critical path"], [
+        [n, clock(s), clock(cpu[n]) if n in cpu else "-", "yes" if n in chain else ""]
         for n, s in sorted(seconds.items(), key=lambda kv: -kv[1])]))
-    outcome.figures = {"node_seconds": seconds, "critical_path": chain,
-                       "critical_path_seconds": round(path, 1),
-                       "sum_seconds": round(total, 1), "bound_seconds": round(bound, 1),
-                       "cores": cores, "not_in_cache": missing}
+    outcome.figures = {"node_seconds": seconds, "node_cpu_seconds": cpu,
+                       "critical_path": chain, "critical_path_seconds": round(path, 1),
+                       "sum_seconds": round(total, 1),
+                       "cpu_seconds": round(sum(cpu.values()), 1) if counted else None,
+                       "bound_seconds": round(bound, 1), "cores": cores,
+                       "not_in_cache": missing}
     if missing:
         outcome.notes.append("not in the cache (no build time): " + ", ".join(missing))
     if recorded:

@@ -107,6 +107,36 @@ def test_unknown_target_is_an_input_error(fx: Path, tmp_path: Path,
     assert "has no node tree:nope" in err and "source:mini, tree:mini, buildroot:" in err
 
 
+def test_a_nodes_manifest_records_the_cpu_time_of_its_sandboxed_commands(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted by a cgroup of the node's own: the burn runs in a bubblewrap PID namespace
+    whose CPU time no rusage of xenforge's children ever sees."""
+    from xenforge.core import cpuacct
+
+    with cpuacct.group("probe") as probe:
+        if probe is None:
+            pytest.skip("no writable cgroup cpuacct/cpu.stat hierarchy: nothing counts CPU")
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap (bubblewrap) is not installed")
+    monkeypatch.setitem(stage_registry.REGISTRY, "burn-test", xf_test_stages.TEST_STAGES[
+        "burn-test"])
+    g = Graph(recipe="burn")
+    g.add(Node(name="burn", stage="burn-test", options={"loops": 300000}))
+    g.add(Node(name="idle", stage="burn-test", options={"loops": 1}))
+    compute_ids(g)
+    cache = Cache(tmp_path / "cache")
+    started = time.process_time()
+    results = Executor(g, cache, Progress(quiet=True), jobs=1).run()
+    assert {r.status for r in results.values()} == {"built"}
+    burn = cache.store.read_manifest(g.nodes["burn"].id)
+    idle = cache.store.read_manifest(g.nodes["idle"].id)
+    assert burn is not None and idle is not None
+    assert burn["cpu_seconds"] >= 0.1 > idle["cpu_seconds"], (burn, idle)
+    assert burn["cpu_seconds"] > time.process_time() - started  # not xenforge's own
+    assert not [p for p in probe.path.parent.iterdir() if p.name.startswith(
+        f"xenforge-{os.getpid()}-")], "a node's cgroup was left behind"
+
+
 def test_exported_artifacts_match_sha256sums_and_manifest(
         fx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, target in xf_test_stages.TEST_STAGES.items():

@@ -191,7 +191,29 @@ class ChrootStage(Stage):
                 shutil.copyfile(mnt / name, ctx.out / name)
 
 
+class BurnOptions(StageOptions):
+    loops: int = 300000  # shell arithmetic: about a third of a CPU second here
+
+
+class BurnStage(Stage):
+    """Burns CPU in a child of a sandbox's PID namespace (bubblewrap never reaps its init,
+    so only a cgroup can count it)."""
+
+    name: ClassVar[str] = "burn-test"
+    version: ClassVar[int] = 1
+    Options: ClassVar[type[StageOptions]] = BurnOptions
+    build_env: ClassVar[bool] = False
+    artifacts: ClassVar[tuple[str, ...]] = ("done",)
+
+    def run(self, ctx: StageContext) -> None:
+        opts: BurnOptions = ctx.options
+        ctx.run(["bwrap", "--die-with-parent", "--unshare-pid", "--ro-bind", "/", "/",
+                 "--proc", "/proc", "--dev", "/dev", "--", "sh", "-c",
+                 f"i=0; while [ $i -lt {opts.loops} ]; do i=$((i+1)); done & wait"])
+        (ctx.out / "done").write_text("burnt\n")
+
+
 TEST_STAGES = {"slow-test": f"{__name__}:SlowStage", "fail-test": f"{__name__}:FailStage",
                "pack-test": f"{__name__}:PackStage", "hang-test": f"{__name__}:HangStage",
                "late-test": f"{__name__}:LateStage", "stamp-test": f"{__name__}:StampStage",
-               "chroot-test": f"{__name__}:ChrootStage"}
+               "chroot-test": f"{__name__}:ChrootStage", "burn-test": f"{__name__}:BurnStage"}

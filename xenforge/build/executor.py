@@ -23,7 +23,7 @@ from typing import Protocol
 
 from xenforge.cache import Cache
 from xenforge.cache.remote import RemoteCache
-from xenforge.core import diskfull
+from xenforge.core import cpuacct, diskfull
 from xenforge.core import run as runner
 from xenforge.core.errors import CommandFailed, InputError, StageFailed, XenforgeError
 from xenforge.core.files import note
@@ -55,6 +55,7 @@ class NodeResult:
     waited: float = 0.0  # seconds spent waiting for late inputs
     started: float = 0.0  # time.monotonic() when the node started
     ended: float = 0.0
+    cpu: float | None = None  # CPU seconds of its commands (None: not built, or not counted)
 
     @property
     def ok(self) -> bool:
@@ -299,8 +300,10 @@ class Executor:
                     waiter=lambda label, idles: self._wait_for(node, label, idles, waited),
                     sandbox=self._sandbox(node, stage_cls, work, staging))
                 check_files(node, "after the build was planned")
-                with runner.owned_by(str(self.cache.lock_file(node.id))):
+                with runner.owned_by(str(self.cache.lock_file(node.id))), \
+                        cpuacct.group(node.name) as group, runner.accounted(group):
                     stage.run(ctx)
+                    cpu = group.seconds() if group is not None else None
                 check_files(node, "while the node was built")
                 waited.append(ctx.idle)
                 seconds = time.monotonic() - start - sum(waited)
@@ -308,6 +311,8 @@ class Executor:
                 manifest = {"node": node.name, "id": node.id, "stage": node.stage,
                             "recipe": self.graph.recipe, "key": node.key(),
                             "seconds": round(seconds, 1), "waited": round(sum(waited), 1),
+                            # its commands' CPU time (None: the host cannot count it)
+                            "cpu_seconds": None if cpu is None else round(cpu, 1),
                             "finished": time.time()}
                 self.cache.commit(node.id, staging, manifest)
         except XenforgeError as exc:
@@ -340,7 +345,7 @@ class Executor:
         detail = node.id[:12] + (f" (waited {idle:.0f}s for inputs)" if idle >= 1 else "")
         self.progress.finished(node.name, "built", detail, seconds)
         return NodeResult(node.name, node.id, "built", seconds, out=self.cache.out(node.id),
-                          waited=sum(waited), started=start, ended=time.monotonic())
+                          waited=sum(waited), started=start, ended=time.monotonic(), cpu=cpu)
 
     def _sandbox(self, node: Node, stage_cls: type[Stage], work: Path,
                  staging: Path) -> Sandbox | None:

@@ -188,8 +188,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not quiet and not isinstance(progress, JsonProgress):
         overlap = f", {node_time / wall:.2f}x parallel" if built and wall > 1 else ""
         fetched = f" ({len(todo.fetched)} fetched from the remote)" if todo.fetched else ""
+        cpus = [r.cpu for r in built if r.cpu is not None]
+        cpu = f", {sum(cpus):.1f}s of CPU" if built and len(cpus) == len(built) else ""
         print(f"\n{graph.recipe}: {len(built)} built, {len(results) - len(built)} cached"
-              f"{fetched}, {wall:.1f}s wall, {node_time:.1f}s of node time{overlap}")
+              f"{fetched}, {wall:.1f}s wall, {node_time:.1f}s of node time{overlap}{cpu}")
     outs, exported = [], []
     for loaded in loadeds:  # each recipe's artifacts in its own folder
         view = graph.view(loaded.name) if len(loadeds) > 1 else graph

@@ -17,6 +17,7 @@ import contextvars
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from xenforge.core.cpuacct import Group
 from xenforge.core.errors import CommandFailed, XenforgeError, exit_status
 
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -42,6 +44,12 @@ _cancelled = threading.Event()
 OWNER_VAR = "XENFORGE_OWNER"
 _owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("xenforge_owner",
                                                                      default=None)
+#: the control group that counts the CPU time of this thread's commands (a node's)
+_group: contextvars.ContextVar[Group | None] = contextvars.ContextVar("xenforge_cgroup",
+                                                                      default=None)
+#: puts itself ($$, the command once it execs) in the group, then becomes the command; a
+#: failed write only loses the count, never the command
+_JOIN_GROUP = 'echo $$ > "$0" 2>/dev/null; exec "$@"'
 
 
 class Interrupted(XenforgeError):
@@ -134,10 +142,18 @@ def run(
     out: list[str] = []
     err: list[str] = []
     _log.debug("$ %s%s", shlex.join(args), f"    # in {cwd}" if cwd else "")
+    launch = args
+    group = _group.get()
+    if group is not None:  # the shell cannot say "not found" as Popen does: look first
+        if not _findable(args[0], full_env.get("PATH", CLEAN_PATH), cwd):
+            if logf:
+                logf.close()
+            raise _not_found(args[0])
+        launch = ["/bin/sh", "-c", _JOIN_GROUP, str(group.procs), *args]
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            args,
+            launch,
             cwd=cwd,
             env=full_env,
             stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
@@ -148,10 +164,7 @@ def run(
     except FileNotFoundError as exc:
         if logf:
             logf.close()
-        raise XenforgeError(
-            f"command not found: {args[0]}",
-            hint="run ci/setup-host.sh as root to install the host tools xenforge needs",
-        ) from exc
+        raise _not_found(args[0]) from exc
     _share_autogroup(proc.pid)
     with _live_lock:
         _live.add(proc)
@@ -175,7 +188,7 @@ def run(
             assert proc.stdin is not None
             proc.stdin.write(stdin_data)
             proc.stdin.close()
-        rc = _wait(proc, timeout, cancel)
+        rc = _wait(proc, timeout, cancel, args)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         rc = -signal.SIGKILL
@@ -202,6 +215,18 @@ def run(
     return result
 
 
+def _not_found(program: str) -> XenforgeError:
+    return XenforgeError(
+        f"command not found: {program}",
+        hint="run ci/setup-host.sh as root to install the host tools xenforge needs")
+
+
+def _findable(program: str, path: str, cwd: Path | None) -> bool:
+    if "/" in program:
+        return os.access(os.path.join(cwd or os.getcwd(), program), os.X_OK)
+    return shutil.which(program, path=path) is not None
+
+
 def _share_autogroup(pid: int) -> None:
     """Give a command's new session this process's scheduler autogroup nice value: each
     session is an autogroup of its own, so without this ``echo 19 > /proc/$$/autogroup``
@@ -219,7 +244,7 @@ def _share_autogroup(pid: int) -> None:
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float | None,
-          cancel: threading.Event | None) -> int:
+          cancel: threading.Event | None, args: list[str]) -> int:
     if cancel is None:
         return proc.wait(timeout=timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -228,7 +253,7 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float | None,
             return proc.wait(timeout=0.25)
         except subprocess.TimeoutExpired:
             if cancel.is_set():
-                raise Cancelled("stopped: " + shlex.join(proc.args)[:200]) from None  # type: ignore[arg-type]
+                raise Cancelled("stopped: " + shlex.join(args)[:200]) from None
             if deadline is not None and time.monotonic() > deadline:
                 raise
 
@@ -287,6 +312,17 @@ def watchdog(argv: Sequence[str], *, log: Path | None = None) -> Iterator[None]:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:  # still starting on a loaded host: it will go
                 _log.debug("watchdog %s still running", argv)
+
+
+@contextlib.contextmanager
+def accounted(group: Group | None) -> Iterator[None]:
+    """Start the commands this thread runs in ``group`` (a node's CPU count; None: not
+    counted)."""
+    token = _group.set(group)
+    try:
+        yield
+    finally:
+        _group.reset(token)
 
 
 @contextlib.contextmanager
