@@ -56,9 +56,10 @@ def test_an_installed_xenforge_validates_and_plans_the_shipped_recipes(
     assert plan.returncode == 0, plan.stderr
     nodes = {n["name"]: n for n in json.loads(plan.stdout)["nodes"]}
     assert {"hypervisor", "kernel:dom0", "rootfs:guest", "image:xen-host"} <= set(nodes)
-    elements = nodes["rootfs:xen-host"]["files"]["elements"]
-    assert elements.startswith(site) and Path(elements, "xen-dom0", "README.rst").is_file()
-    hooks = [h for h in Path(elements).glob("*/*.d/*") if h.parent.name != "environment.d"]
+    folders = [Path(f) for f in nodes["rootfs:xen-host"]["files"]["elements"]]
+    assert all(str(f).startswith(site) for f in folders), folders
+    assert Path(folders[0].parent, "xen-dom0", "README.rst").is_file()
+    hooks = [h for f in folders for h in f.glob("*.d/*") if h.parent.name != "environment.d"]
     assert hooks and all(os.access(h, os.X_OK) for h in hooks)  # executable in the wheel
     # the same ids as the checkout computes: the data is the same
     here = subprocess.run([sys.executable, "-m", "xenforge.cli", "plan", "--json",

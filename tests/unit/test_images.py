@@ -207,8 +207,9 @@ def test_dib_environment_is_explicit(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("ELEMENTS_PATH", "/elsewhere")
     monkeypatch.setenv("http_proxy", "http://proxy:3128")
     opts = RootfsOptions.model_validate(ROOTFS)
+    elements = data_dir("image_elements")
     ctx = stage_context(tmp_path, node="rootfs:x", options=opts,
-                        files={"elements": data_dir("image_elements")})
+                        files={"elements": (elements / "xen-dom0", elements / "xenforge-boot")})
     ctx.late = ("repo",)  # the packages come later: the element waits for a delivery
     work = ctx.work
     env = RootfsStage()._env(ctx, opts, {"fs_uuid": "u", "label": "l"}, tmp_path / "export",
@@ -218,6 +219,9 @@ def test_dib_environment_is_explicit(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert env["DIB_DEBIAN_SECURITY_MIRROR"] == "http://m/debian-security"
     assert env["ELEMENTS_PATH"] == str(work / "elements")  # a private copy
     assert (work / "elements" / "xen-dom0" / "README.rst").is_file()
+    # only the node's own folders: nothing else of image_elements/ can be used unhashed
+    assert sorted(p.name for p in (work / "elements").iterdir()) == ["xen-dom0",
+                                                                     "xenforge-boot"]
     assert env["TMPDIR"] == env["TMP_DIR"] and env["TMP_DIR"].startswith(str(work))
     assert env["DIB_IMAGE_CACHE"] == str(tmp_path / "scratch" / "dib" / "x")
     assert env["XENFORGE_APT_REPO"] == "" and env["XENFORGE_APT_REPO_HANDOFF"] == \
@@ -242,7 +246,12 @@ def test_plan_host_with_three_guests_of_one_guest_disk() -> None:
     host = g.nodes["image:xen-host"]
     assert host.stage == "disk"
     rootfs = g.nodes[host.inputs["rootfs"]]
-    assert rootfs.stage == "rootfs" and rootfs.files == {"elements": data_dir("image_elements")}
+    elements = data_dir("image_elements")
+    assert rootfs.stage == "rootfs" and [p.name for p in rootfs.files["elements"]] == [
+        "xen-dom0", "xenforge-boot", "xenforge-firstboot", "xenforge-sanitize",
+        "xenforge-export", "xenforge-access", "xenforge-live",  # the ISO is made of it
+        "xenforge-apt-repo"]  # element-deps followed
+    assert all(p.parent == elements for p in rootfs.files["elements"])
     assert not rootfs.export  # the disk is the artifact
     assert g.nodes[rootfs.inputs["repo"]].inputs == {"debs": ["xen-debs", "kernel:dom0"]}
     # one guest disk (rootfs) for the three guests, built once

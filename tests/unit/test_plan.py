@@ -360,3 +360,31 @@ def test_one_default_per_setting() -> None:
         if element.is_file():
             assert "dom0_mem=" not in element.read_text(errors="replace") or \
                 element.suffix == ".rst", f"{element} spells out a Xen command line default"
+
+
+def test_a_rootfs_hashes_only_the_element_folders_it_uses(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An element edit rebuilds the root filesystems that use the element (directly or by
+    element-deps), not every image's."""
+    from xenforge.lib.elements import own_folders
+
+    for name, deps in {"a": "b\n# a comment\nopenssh-server\n", "b": "a\n", "c": ""}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "element-deps").write_text(deps)
+    assert own_folders(["a", "debian-minimal"], tmp_path) == [tmp_path / "a", tmp_path / "b"]
+    assert own_folders(["c"], tmp_path) == [tmp_path / "c"]
+
+    copy = tmp_path / "image_elements"
+    shutil.copytree(REPO / "image_elements", copy)
+    monkeypatch.setattr("xenforge.plan.images.data_dir", lambda name: copy)
+    before = plan(load_recipe(REPO / "recipes" / "xen-host.yaml"))
+    guest = [p.name for p in before.nodes["rootfs:guest"].files["elements"]]
+    assert "xen-domu" in guest and "xen-dom0" not in guest and "xenforge-live" not in guest
+    (copy / "xenforge-live" / "README.rst").write_text("edited\n")  # the ISO's element
+    after = plan(load_recipe(REPO / "recipes" / "xen-host.yaml"))
+    changed = {n for n in before.nodes if before.nodes[n].id != after.nodes[n].id}
+    assert changed == {"rootfs:xen-host", "image:xen-host", "iso:xen-host"}
+    (copy / "xenforge-apt-repo" / "README.rst").write_text("edited\n")  # a dep of both roles
+    again = plan(load_recipe(REPO / "recipes" / "xen-host.yaml"))
+    assert {"rootfs:guest", "rootfs:xen-host"} <= {
+        n for n in after.nodes if after.nodes[n].id != again.nodes[n].id}

@@ -4,7 +4,7 @@ Nodes per image ``NAME``::
 
     apt-repo:NAME   inputs debs = [xen-debs (dom0 images), kernel:<images.NAME.kernel>]
     rootfs:NAME     inputs repo = apt-repo:NAME (late: the rootfs builds while it compiles)
-                    files  elements = image_elements/
+                    files  elements = the image_elements/ folders it uses
     image:NAME      (dom0 images) the ``disk`` stage: inputs rootfs = rootfs:NAME,
                     guests = [the disk node of each guests[] entry]; options: size,
                     formats, firmware, the Xen and dom0 command lines, the guests' settings;
@@ -27,6 +27,7 @@ from typing import Any
 
 from xenforge import defaults
 from xenforge.core.data import data_dir
+from xenforge.lib.elements import own_folders, rootfs_elements
 from xenforge.plan.graph import BuildEnv, Graph, Node
 from xenforge.plan.iso import LIVE_ELEMENT
 from xenforge.plan.kernels import plan_kernels
@@ -79,10 +80,11 @@ def _rootfs(graph: Graph, loaded: LoadedRecipe, env: BuildEnv, kernels: dict[str
         repo = graph.add_shared(Node(name=f"apt-repo:{key}", stage="apt-repo", env=env,
                                      inputs={"debs": debs}))
         inputs["repo"] = repo.name
+    options = rootfs_options(loaded, key, img, env)
+    used = rootfs_elements(options["role"], options["access"], options["elements"])
     return graph.add_shared(Node(
-        name=f"rootfs:{key}", stage="rootfs", env=env, inputs=inputs,
-        options=rootfs_options(loaded, key, img, env),
-        files={"elements": data_dir("image_elements")},
+        name=f"rootfs:{key}", stage="rootfs", env=env, inputs=inputs, options=options,
+        files={"elements": own_folders(used, data_dir("image_elements"))},
         export=img.role == "guest" and not img.bootloader))
 
 

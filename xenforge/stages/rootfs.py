@@ -2,7 +2,8 @@
 
 Inputs: ``repo`` (optional, *late*: an ``apt-repo`` node with the xenforge packages the
 rootfs installs - its kernel, for a dom0 also the hypervisor and toolstack). Files:
-``elements`` (xenforge's ``image_elements`` folder).
+``elements`` (the folders of xenforge's ``image_elements`` the build uses, see
+:mod:`xenforge.lib.elements`).
 
 How: diskimage-builder makes the root filesystem - one ext4 filesystem on a loop device, no
 partitions (its own partitioning needs device-mapper, which many hosts and CI runners lack) -
@@ -53,17 +54,11 @@ from xenforge.core import leftovers
 from xenforge.core.errors import InputError, StageFailed, XenforgeError
 from xenforge.core.files import file_lock, write_json_atomic
 from xenforge.core.run import CLEAN_PATH
+from xenforge.lib.elements import rootfs_elements
 from xenforge.lib.ext4 import Ext4Image
 from xenforge.limits import MAX_IMAGE_MIB, MIN_ROOTFS_MIB
 from xenforge.stages.base import Stage, StageContext, StageOptions
 
-#: elements every rootfs of a role gets (the recipe's ``elements`` come after them)
-ROLE_ELEMENTS: dict[str, tuple[str, ...]] = {
-    "dom0": ("debian-minimal", "openssh-server", "xen-dom0", "xenforge-boot",
-             "xenforge-firstboot", "xenforge-sanitize", "xenforge-export"),
-    "guest": ("debian-minimal", "openssh-server", "xen-domu", "xenforge-firstboot",
-              "xenforge-sanitize", "xenforge-export"),
-}
 #: passed through to diskimage-builder when set (apt and debootstrap honour them)
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
 #: how long the element waits for the packages at most (the compile they come from)
@@ -141,9 +136,8 @@ class RootfsStage(Stage):
         if os.geteuid() != 0:
             raise InputError("building a root filesystem needs root (loop devices, mounts, "
                              "chroot)", hint="run xenforge as root, e.g. sudo xenforge build ...")
-        elements_dir = ctx.file("elements")
-        if elements_dir is None or not elements_dir.is_dir():
-            raise ctx.planner_bug("the rootfs stage needs the image_elements folder")
+        if not ctx.file_list("elements"):
+            raise ctx.planner_bug("the rootfs stage needs its image_elements folders")
         started = time.monotonic()
         ids = fs_ids(ctx.node_id, opts.name)
         export = ctx.work / "export"
@@ -151,10 +145,7 @@ class RootfsStage(Stage):
         env = self._env(ctx, opts, ids, export, handoff)
         if opts.access:
             env["XENFORGE_ACCESS_PUBKEY"] = self._access_key(ctx, opts)
-        elements = [*ROLE_ELEMENTS[opts.role]]
-        if opts.access:
-            elements.append("xenforge-access")
-        elements += [e for e in opts.elements if e not in elements]
+        elements = rootfs_elements(opts.role, opts.access, opts.elements)
 
         dib_out = ctx.work / "dib-out"
         dib_out.mkdir(parents=True, exist_ok=True)
@@ -268,15 +259,18 @@ class RootfsStage(Stage):
         return env
 
     def _elements(self, ctx: StageContext) -> Path:
-        """A private copy of the elements: the build uses what the node id was computed
-        from, even if the folder is edited while diskimage-builder runs. Hook scripts are
-        made executable (a wheel's installer may have dropped the bits)."""
+        """A private copy of the node's elements (the folders its id was computed from: an
+        edit while diskimage-builder runs changes nothing; an element the node does not list
+        is not there to be used). Hook scripts are made executable (a wheel's installer may
+        have dropped the bits)."""
         copy = ctx.work / "elements"
         if not copy.exists():
-            source = ctx.file("elements")
-            assert source is not None
-            shutil.copytree(source, copy, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            staging = ctx.work / "elements.tmp"
+            leftovers.remove_tree(staging)
+            for source in ctx.file_list("elements"):
+                shutil.copytree(source, staging / source.name, symlinks=True,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            os.replace(staging, copy)
             for hook in copy.glob("*/*.d/*"):
                 if hook.is_file() and hook.parent.name != "environment.d":
                     hook.chmod(0o755)
