@@ -250,6 +250,15 @@ def test_host_mode_and_an_unmodified_hvm_guest(out_dir: Path, tmp_path: Path) ->
             assert time.monotonic() < deadline, "the VM did not become ready"
             time.sleep(3)
         info = json.loads(state.read_text())
+        # the host keys the boot recorded: a plain ssh that checks them gets in
+        known = Path(info["known_hosts"]).read_text()
+        assert f"[127.0.0.1]:{info['port']} ssh-ed25519 " in known, known
+        plain = subprocess.run(["ssh", "-p", str(info["port"]), "-i", info["key"], "-o",
+                                "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o",
+                                f"UserKnownHostsFile={info['known_hosts']}",
+                                f"{info['user']}@127.0.0.1", "true"],
+                               capture_output=True, text=True, timeout=300)
+        assert plain.returncode == 0, plain.stderr
         res = subprocess.run(
             [
                 *XENFORGE,

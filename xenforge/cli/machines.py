@@ -133,6 +133,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                  lifetime=None) as vm:  # runs until Ctrl-C, however long
         took = vm.wait_ready(args.timeout or settings.boot.timeout)
         state = vm.state()
+        record_host_keys(vm.port, Path(state["known_hosts"]), logs / "qemu.log")
         (run_dir / "state.json").write_text(json.dumps(state, indent=2))
         print(f"ready after {took:.0f}s: {vm.ssh_url}\n"
               f"  shell:  xenforge ssh {args.recipe}\n"
@@ -153,6 +154,24 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0 if rc == 0 else 1
 
 
+def record_host_keys(port: int, known_hosts: Path, log: Path) -> None:
+    """Write the booted machine's SSH host keys to ``known_hosts`` (as ``[127.0.0.1]:PORT``),
+    so that a plain ``ssh -o UserKnownHostsFile=...`` and ``xenforge ssh`` check the machine
+    instead of trusting whatever answers the port (the keys are made on the machine's first
+    boot: trusted on that first use). Nothing is written if the scan fails: ``xenforge test
+    --known-hosts`` then records them itself (accept-new)."""
+    from xenforge.core import run as runner
+
+    res = runner.run(["ssh-keyscan", "-T", "20", "-p", str(port), "127.0.0.1"], capture=True,
+                     check=False, log=log)
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+    if res.returncode != 0 or not lines:
+        return
+    tmp = known_hosts.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, known_hosts)
+
+
 def cmd_ssh(args: argparse.Namespace) -> int:
     from xenforge.recipe.load import load_recipe
 
@@ -168,8 +187,13 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         raise InputError(f"{state_file} is damaged",
                          hint=f"stop the VM and start it again: xenforge boot {args.recipe}"
                          ) from None
-    argv = ["ssh", "-p", str(state["port"]), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    known = Path(state.get("known_hosts") or "/nonexistent")
+    if known.is_file() and known.stat().st_size:  # the keys `xenforge boot` recorded
+        argv = ["ssh", "-p", str(state["port"]), "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={known}"]
+    else:
+        argv = ["ssh", "-p", str(state["port"]), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
     if state.get("key"):
         argv += ["-i", state["key"]]
     argv += [f"{state['user']}@127.0.0.1", *args.command]
