@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "recipes" / "fixtures"
 
 
-def _graph(fx: Path, stamp: bool) -> Graph:
+def _graph(fx: Path, stamp: bool, stage: str = "stamp-test") -> Graph:
     graph = plan(load_recipe(fx / "kernel.yaml")).only(["tree:mini"])
-    graph.add(Node(name="info", stage="stamp-test", inputs={"tree": "tree:mini"},
+    graph.add(Node(name="info", stage=stage, inputs={"tree": "tree:mini"},
                    options={"stamp": stamp}))
     compute_ids(graph)
     return graph
@@ -64,3 +64,25 @@ def test_check_repro_names_the_file_that_differs(tmp_path: Path, stamp: bool,
     assert not list(tmp_path.glob("xenforge-repro-*"))  # the second build is removed
     saved = write_report(reports, tmp_path / "repro.json").read_text()
     assert '"ok": %s' % ("false" if stamp else "true") in saved
+
+
+def test_an_expected_difference_and_the_sbom_listing_its_sha256_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage that declares why its artifact differs (as the image stages do): the check
+    passes, and the SBOM, which differs only in that artifact's sha256, is expected too."""
+    for name, target in xf_test_stages.TEST_STAGES.items():
+        monkeypatch.setitem(stage_registry.REGISTRY, name, target)
+    fx = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, fx)
+    graph = _graph(fx, True, stage="noted-stamp-test")
+    cache = Cache(tmp_path / "cache")
+    progress = Progress(quiet=True)
+    results = Executor(graph, cache, progress).run()
+    first = tmp_path / "out" / graph.recipe
+    artifacts = export(graph, results, cache, first)
+    (report,) = check(graph, {graph.recipe: (first, artifacts)}, views=graph,
+                      progress=progress, jobs=2, root=tmp_path)
+    diff, sbom = report.differing
+    assert diff.path == "info/build-info.txt" and "on purpose" in diff.expected
+    assert sbom.path == "sbom.spdx.json" and "only in those" in sbom.expected
+    assert report.ok, report.render()

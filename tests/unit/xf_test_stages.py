@@ -104,6 +104,13 @@ class StampStage(Stage):
         (ctx.out / "build-info.txt").write_text(built)
 
 
+class NotedStampStage(StampStage):
+    """The stamp stage, its clock declared (as the image stages declare theirs)."""
+
+    name: ClassVar[str] = "noted-stamp-test"
+    repro_note: ClassVar[str] = "it writes the clock of the build (on purpose, for a test)"
+
+
 class HangOptions(StageOptions):
     pidfile: str
 
@@ -216,4 +223,5 @@ class BurnStage(Stage):
 TEST_STAGES = {"slow-test": f"{__name__}:SlowStage", "fail-test": f"{__name__}:FailStage",
                "pack-test": f"{__name__}:PackStage", "hang-test": f"{__name__}:HangStage",
                "late-test": f"{__name__}:LateStage", "stamp-test": f"{__name__}:StampStage",
-               "chroot-test": f"{__name__}:ChrootStage", "burn-test": f"{__name__}:BurnStage"}
+               "chroot-test": f"{__name__}:ChrootStage", "burn-test": f"{__name__}:BurnStage",
+               "noted-stamp-test": f"{__name__}:NotedStampStage"}
