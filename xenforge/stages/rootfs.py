@@ -122,7 +122,8 @@ class RootfsStage(Stage):
     repro_note: ClassVar[str] = (
         "diskimage-builder installs the packages with the clock of the build: file times "
         "inside the ext4 image, apt and dpkg logs and the initramfs are not yet normalised "
-        "to SOURCE_DATE_EPOCH")
+        "to SOURCE_DATE_EPOCH; the access key is made anew by each build (random by "
+        "design: a key derived from the recipe would be known to everyone who has it)")
     name: ClassVar[str] = "rootfs"
     described = True
     version: ClassVar[int] = 1
