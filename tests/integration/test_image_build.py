@@ -109,6 +109,8 @@ def test_dom0_image(built: dict[str, xb.Built]) -> None:
         assert "disk.raw" in _ls(fs, f"/var/lib/xen/images/{g}")
     assert "dom0_mem=" in _cat(fs, "/boot/grub/xenforge-boot.cfg")
     assert "source /boot/grub/xenforge-boot.cfg" in _cat(fs, "/boot/grub/grub.cfg")
+    # the access user lingers: its user manager starts at boot, not on the first login
+    assert "xenforge" in _ls(fs, "/var/lib/systemd/linger")
     print("\nsizes: " + ", ".join(f"{k} {v['size'] >> 20} MiB ({v['allocated'] >> 20} MiB "
                                   "used)" for k, v in info["files"].items()))
 
