@@ -534,6 +534,25 @@ def test_an_input_edited_during_a_build_never_poisons_the_cache(cache: Cache,
         "built"
 
 
+def test_an_edited_folder_of_a_list_of_inputs_is_named_alone(cache: Cache,
+                                                             tmp_path: Path) -> None:
+    """A rootfs's elements are a list of folders: the error names the one edited."""
+    folders = [tmp_path / "elem-a", tmp_path / "elem-b"]
+    for f in folders:
+        f.mkdir()
+        (f / "README.rst").write_text(f"{f.name}\n")
+    g = Graph(recipe="folders")
+    g.add(Node(name="slow", stage="slow-test", files={"elements": folders},
+               options={"counter": str(tmp_path / "runs"), "seconds": 0}))
+    compute_ids(g)
+    (folders[1] / "README.rst").write_text("edited\n")
+    res = Executor(g, cache, Progress(quiet=True), jobs=1).run()
+    assert res["slow"].error is not None
+    message = res["slow"].error.render()
+    assert f"input elements changed after the build was planned: {folders[1]}" in message
+    assert str(folders[0]) not in message and "PosixPath" not in message
+
+
 def test_clear_stale_takes_only_what_dead_builds_left(tmp_path: Path) -> None:
     """What a killed build's watchdog and gc delete: staging and work dirs of nodes nobody
     holds the lock of and whose process (named in the entry) is dead - never a live

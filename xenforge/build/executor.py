@@ -403,14 +403,17 @@ def check_files(node: Node, when: str) -> None:
     starts and again before its output is committed, so an object always holds what its id
     says: an input edited meanwhile fails the node, and nothing is stored)."""
     for label, ref in node.files.items():
+        paths = [ref] if isinstance(ref, Path) else list(ref)
+        recorded = node.file_hashes.get(label)
+        was = [recorded] if isinstance(ref, Path) else list(recorded or [])
         try:
-            now = [content_hash(p, memo=False) for p in ([ref] if isinstance(ref, Path)
-                                                           else ref)]
+            now = [content_hash(p, memo=False) for p in paths]
         except OSError as exc:
-            raise InputError(f"input {label} ({ref}) cannot be read: {exc}",
-                             where=f"stage {node.name}") from exc
-        if (now if isinstance(ref, list) else now[0]) != node.file_hashes.get(label):
-            raise InputError(f"input {label} ({ref}) changed {when}",
+            raise InputError(f"input {label} ({', '.join(map(str, paths))}) cannot be read: "
+                             f"{exc}", where=f"stage {node.name}") from exc
+        changed = [str(p) for i, p in enumerate(paths) if i >= len(was) or now[i] != was[i]]
+        if changed or len(was) != len(now):
+            raise InputError(f"input {label} changed {when}: {', '.join(changed)}",
                              where=f"stage {node.name}",
                              hint="nothing was stored; build again (the new content gets "
                              "its own id)")
