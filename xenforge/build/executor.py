@@ -55,7 +55,7 @@ class NodeResult:
     waited: float = 0.0  # seconds spent waiting for late inputs
     started: float = 0.0  # time.monotonic() when the node started
     ended: float = 0.0
-    cpu: float | None = None  # CPU seconds of its commands (None: not built, or not counted)
+    cpu: float | None = None  # CPU seconds of its commands and its thread (None: not counted)
 
     @property
     def ok(self) -> bool:
@@ -300,10 +300,13 @@ class Executor:
                     waiter=lambda label, idles: self._wait_for(node, label, idles, waited),
                     sandbox=self._sandbox(node, stage_cls, work, staging))
                 check_files(node, "after the build was planned")
+                own_cpu = time.thread_time()  # the stage's Python work (hashing, copies)
                 with runner.owned_by(str(self.cache.lock_file(node.id))), \
                         cpuacct.group(node.name) as group, runner.accounted(group):
                     stage.run(ctx)
-                    cpu = group.seconds() if group is not None else None
+                    commands = group.seconds() if group is not None else None
+                cpu = None if commands is None else \
+                    commands + time.thread_time() - own_cpu
                 check_files(node, "while the node was built")
                 waited.append(ctx.idle)
                 seconds = time.monotonic() - start - sum(waited)
@@ -311,7 +314,8 @@ class Executor:
                 manifest = {"node": node.name, "id": node.id, "stage": node.stage,
                             "recipe": self.graph.recipe, "key": node.key(),
                             "seconds": round(seconds, 1), "waited": round(sum(waited), 1),
-                            # its commands' CPU time (None: the host cannot count it)
+                            # its commands' CPU time and its own thread's (None: the
+                            # host cannot count the commands')
                             "cpu_seconds": None if cpu is None else round(cpu, 1),
                             "finished": time.time()}
                 self.cache.commit(node.id, staging, manifest)
