@@ -415,8 +415,9 @@ def check_files(node: Node, when: str) -> None:
         except OSError as exc:
             raise InputError(f"input {label} ({', '.join(map(str, paths))}) cannot be read: "
                              f"{exc}", where=f"stage {node.name}") from exc
-        changed = [str(p) for i, p in enumerate(paths) if i >= len(was) or now[i] != was[i]]
-        if changed or len(was) != len(now):
+        if now != was:  # name the edited ones (all, if the list itself changed)
+            changed = [str(p) for p, h, w in zip(paths, now, was, strict=False) if h != w] or \
+                [str(p) for p in paths]
             raise InputError(f"input {label} changed {when}: {', '.join(changed)}",
                              where=f"stage {node.name}",
                              hint="nothing was stored; build again (the new content gets "

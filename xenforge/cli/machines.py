@@ -187,13 +187,13 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         raise InputError(f"{state_file} is damaged",
                          hint=f"stop the VM and start it again: xenforge boot {args.recipe}"
                          ) from None
+    argv = ["ssh", "-p", str(state["port"])]
     known = Path(state.get("known_hosts") or "/nonexistent")
     if known.is_file() and known.stat().st_size:  # the keys `xenforge boot` recorded
-        argv = ["ssh", "-p", str(state["port"]), "-o", "StrictHostKeyChecking=yes",
-                "-o", f"UserKnownHostsFile={known}"]
+        argv += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}"]
     else:
-        argv = ["ssh", "-p", str(state["port"]), "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+        argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "LogLevel=ERROR"]
     if state.get("key"):
         argv += ["-i", state["key"]]
     argv += [f"{state['user']}@127.0.0.1", *args.command]
