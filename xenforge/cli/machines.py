@@ -154,6 +154,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0 if rc == 0 else 1
 
 
+HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")  # the types a Debian sshd makes on first boot
+
+
 def record_host_keys(port: int, known_hosts: Path, log: Path) -> None:
     """Write the booted machine's SSH host keys to ``known_hosts`` (as ``[127.0.0.1]:PORT``),
     so that a plain ``ssh -o UserKnownHostsFile=...`` and ``xenforge ssh`` check the machine
@@ -162,10 +165,18 @@ def record_host_keys(port: int, known_hosts: Path, log: Path) -> None:
     --known-hosts`` then records them itself (accept-new)."""
     from xenforge.core import run as runner
 
-    res = runner.run(["ssh-keyscan", "-T", "20", "-p", str(port), "127.0.0.1"], capture=True,
-                     check=False, log=log)
-    lines = [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
-    if res.returncode != 0 or not lines:
+    lines: list[str] = []
+    # one type per scan, sequentially and retried: ssh-keyscan's default opens a connection per
+    # type at once, and under TCG one of them can miss its timeout (seen: no ed25519 line)
+    for kind in HOST_KEY_TYPES:
+        for _attempt in range(3):
+            res = runner.run(["ssh-keyscan", "-T", "30", "-t", kind, "-p", str(port), "127.0.0.1"],
+                             capture=True, check=False, log=log)
+            got = [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+            if got:
+                lines += got
+                break
+    if not lines:
         return
     tmp = known_hosts.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
