@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -47,9 +48,6 @@ _owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("xenforge_ow
 #: the control group that counts the CPU time of this thread's commands (a node's)
 _group: contextvars.ContextVar[Group | None] = contextvars.ContextVar("xenforge_cgroup",
                                                                       default=None)
-#: puts itself ($$, the command once it execs) in the group, then becomes the command; a
-#: failed write only loses the count, never the command
-_JOIN_GROUP = 'echo $$ > "$0" 2>/dev/null; exec "$@"'
 
 
 class Interrupted(XenforgeError):
@@ -143,13 +141,13 @@ def run(
     err: list[str] = []
     _log.debug("$ %s%s", shlex.join(args), f"    # in {cwd}" if cwd else "")
     launch = args
-    group = _group.get()
-    if group is not None:  # the shell cannot say "not found" as Popen does: look first
+    prelude = _prelude(_group.get(), _autogroup_nice())
+    if prelude:  # the shell cannot say "not found" as Popen does: look first
         if not _findable(args[0], full_env.get("PATH", CLEAN_PATH), cwd):
             if logf:
                 logf.close()
             raise _not_found(args[0])
-        launch = ["/bin/sh", "-c", _JOIN_GROUP, str(group.procs), *args]
+        launch = ["/bin/sh", "-c", prelude + 'exec "$@"', "sh", *args]
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -165,7 +163,6 @@ def run(
         if logf:
             logf.close()
         raise _not_found(args[0]) from exc
-    _share_autogroup(proc.pid)
     with _live_lock:
         _live.add(proc)
         cancelled_meanwhile = _cancelled.is_set()  # kill_all() ran between the check and now
@@ -227,20 +224,41 @@ def _findable(program: str, path: str, cwd: Path | None) -> bool:
     return shutil.which(program, path=path) is not None
 
 
-def _share_autogroup(pid: int) -> None:
-    """Give a command's new session this process's scheduler autogroup nice value: each
-    session is an autogroup of its own, so without this ``echo 19 > /proc/$$/autogroup``
-    in the shell that runs xenforge would lower xenforge but not its compilers (a plain
-    ``nice`` value is inherited, an autogroup's is not). Nothing to do without autogroups,
-    or for a command that is no longer ours to renice (setuid)."""
+def _autogroup_nice() -> str:
+    """This process's scheduler autogroup nice value ("0" without autogroups)."""
     try:
         with open("/proc/self/autogroup", encoding="ascii") as f:
-            nice = f.read().split()[-1]  # "/autogroup-123 nice 19"
-        if nice != "0":
+            return f.read().split()[-1]  # "/autogroup-123 nice 19"
+    except (OSError, IndexError):
+        return "0"
+
+
+def _prelude(group: Group | None, nice: str) -> str:
+    """What a command's shell does before it becomes the command (``exec``), so that it holds
+    from the command's first instruction: join the node's CPU-accounting group (``$$`` is the
+    command once it execs), and give its new session - an autogroup of its own - xenforge's
+    autogroup nice value, or ``echo 19 > /proc/$$/autogroup`` in the shell that runs xenforge
+    would lower xenforge but not its compilers (a plain ``nice`` value is inherited, an
+    autogroup's is not). A failed write only loses the count or the nice value, never the
+    command. Empty: nothing to do, the command starts directly."""
+    steps = []
+    if group is not None:
+        steps.append(f"echo $$ > {shlex.quote(str(group.procs))} 2>/dev/null; ")
+    if nice != "0" and re.fullmatch(r"-?\d+", nice):
+        steps.append(f"echo {nice} > /proc/$$/autogroup 2>/dev/null; ")
+    return "".join(steps)
+
+
+def _share_autogroup(pid: int) -> None:
+    """Give a started process's new session this process's autogroup nice value (the
+    watchdog's; a command gets it before it starts, see :func:`_prelude`)."""
+    nice = _autogroup_nice()
+    if nice != "0":
+        try:
             with open(f"/proc/{pid}/autogroup", "w", encoding="ascii") as f:
                 f.write(nice)
-    except (OSError, IndexError):
-        pass
+        except OSError:
+            pass  # no longer ours to renice (setuid), or gone
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float | None,
