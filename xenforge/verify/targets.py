@@ -106,9 +106,12 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
                firmware: str | None = None, junit: Path | None = None,
                medium: Medium = "disk") -> Outcome:
     """Boot what a build exported to ``out`` (its dom0 disk; its ISO live; or a disk its
-    ISO installed unattended first) and run the suites against it."""
-    logs = cache.state.logs(out.name)
-    workdir = cache.state.run_dir(out.name)
+    ISO installed unattended first) and run the suites against it. Each medium has its own
+    VM session and logs (``xen-host``, ``xen-host-iso``, ``xen-host-install``), so the three
+    tests of one build can run side by side."""
+    name = out.name if medium == "disk" else f"{out.name}-{medium}"
+    logs = cache.state.logs(name)
+    workdir = cache.state.run_dir(name)
     expect = suite_expectations(out, settings)
     builtin = settings.builtin
     if medium == "disk":

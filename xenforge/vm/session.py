@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from xenforge.core import run as runner
 from xenforge.core.errors import InputError, XenforgeError
+from xenforge.core.files import write_json_atomic
 from xenforge.vm.qemu import TCG_CPU, Machine, Vm
 
 Firmware = Literal["bios", "uefi"]
@@ -70,15 +71,16 @@ def kvm_works(probes: Path, kernel: Path | None, log: Path) -> bool:
         saved = json.loads(verdict_file.read_text())
         if saved.get("key") == key:
             return bool(saved["kvm"])
-    serial = probes / "kvm-probe.serial"
+    serial = probes / f"kvm-probe.{os.getpid()}.serial"  # two sessions may probe at once
     serial.unlink(missing_ok=True)
     res = runner.run(["qemu-system-x86_64", "-accel", "kvm", "-machine", "q35", "-cpu", "host",
                       "-m", "256", "-display", "none", "-no-reboot", "-serial",
                       f"file:{serial}", "-kernel", kernel, "-append",
                       "console=ttyS0 panic=-1"], log=log, check=False, timeout=30)
     text = serial.read_text(errors="replace") if serial.exists() else ""
+    serial.unlink(missing_ok=True)
     ok = res.returncode == 0 and "Kernel panic" in text
-    verdict_file.write_text(json.dumps({"key": key, "kvm": ok}))
+    write_json_atomic(verdict_file, {"key": key, "kvm": ok})
     return ok
 
 
