@@ -21,27 +21,14 @@ from pathlib import Path
 
 import image_scan
 import pytest
+from e2e_run import CACHE, RECIPE, REPO, XENFORGE, qemus, xenforge_test
 
 from xenforge.cache import Cache
 from xenforge.cache.state import StateDir
 from xenforge.plan import plan
 from xenforge.recipe.load import load_recipe
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "recipes" / "xen-host.yaml"
-CACHE = Path(os.environ.get("XENFORGE_TEST_CACHE", "/var/tmp/xenforge-test-cache"))
-XENFORGE = [str(REPO / ".venv" / "bin" / "xenforge"), "--cache-dir", str(CACHE)]
-
 pytestmark = [pytest.mark.slow, pytest.mark.root]
-
-
-def _qemus(name: str = "xen-host") -> list[str]:
-    """The QEMUs of the VM session ``name`` (files in its run dir of the test cache's state:
-    ``xen-host`` for the disk, ``xen-host-iso``/``-install`` for `xenforge test --iso`/
-    ``--install``); the other tests of the run (another xdist worker) boot their own."""
-    run = f"{StateDir.for_cache(CACHE).run_dir(name)}/"
-    out = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True)
-    return [ln for ln in out.stdout.splitlines() if run in ln]
 
 
 @dataclass
@@ -162,7 +149,7 @@ def test_booted_default_recipe_passes_the_suites(main_job: MainJob, out_dir: Pat
     assert any("hypervisor_is_the_built_one" in c for c in cases), cases
     _bench(junit, "guest-pvhvm", "vbd")
     assert "passed, 0 failed" in main_job.stdout
-    assert not _qemus(), "a QEMU is still running after xenforge test"
+    assert not qemus(), "a QEMU is still running after xenforge test"
 
 
 def _bench(junit: Path, guest: str, driver: str) -> dict[str, str]:
@@ -179,59 +166,16 @@ def _bench(junit: Path, guest: str, driver: str) -> dict[str, str]:
     raise AssertionError(f"no lifecycle of {guest} in {junit}")
 
 
-def _xenforge_test(out_dir: Path, tmp_path: Path, medium: str, *args: str
-                   ) -> tuple[str, set[str]]:
-    res = subprocess.run([*XENFORGE, "test", str(RECIPE), "-o", str(out_dir.parent),
-                          "--junit", str(tmp_path / "junit.xml"), f"--{medium}", *args],
-                         cwd=REPO, capture_output=True, text=True, timeout=3600)
-    print(res.stdout[-3000:])
-    assert res.returncode == 0, f"xenforge test {args} failed:\n{res.stdout}\n{res.stderr}"
-    assert not _qemus(f"xen-host-{medium}"), \
-        f"a QEMU is still running after xenforge test --{medium}"
-    cases = {c.get("name", "") for c in ET.parse(tmp_path / "junit.xml").getroot()
-             .iter("testcase")}
-    return res.stdout, cases
-
-
 def test_the_iso_boots_live_and_passes_the_dom0_suite(out_dir: Path, tmp_path: Path) -> None:
     """`xenforge test --iso`: the release ISO from a CD under SeaBIOS, live (root on the
     overlay, checked by the suite), the dom0 suite."""
     isos = list((out_dir / "iso-xen-host").glob("xen-host-*.iso"))
     assert len(isos) == 1, f"the build exported no ISO: {sorted(out_dir.iterdir())}"
-    stdout, cases = _xenforge_test(out_dir, tmp_path, "iso", "--firmware", "bios")
+    stdout, cases = xenforge_test(out_dir, tmp_path, "iso", "--firmware", "bios")
     assert "passed, 0 failed" in stdout
     assert any("hypervisor_is_the_built_one" in c for c in cases), cases
     assert any("the_machine_is_the_one_booted" in c for c in cases), cases
     assert not any(c.startswith("test_guest_lifecycle") for c in cases)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default recipe exported by a plain `xenforge build` (its nodes are the main
-    job's: built once, by whichever of the two gets to a node's lock first)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (diskimage-builder, loop devices)")
-    out = tmp_path_factory.mktemp("exported")
-    res = subprocess.run([*XENFORGE, "build", str(RECIPE), "--plain", "-o", str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=5400)
-    assert res.returncode == 0, f"build failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return out / "xen-host"
-
-
-@pytest.mark.xdist_group("e2e-install")  # its own unit: beside the main job's boot
-def test_the_iso_installs_unattended_and_the_installed_host_passes(exported: Path,
-                                                                  tmp_path: Path) -> None:
-    """`xenforge test --install`: the ISO installs itself onto an empty virtio disk under
-    OVMF (a seed disk gives the target, hostname, SSH key and poweroff), then that disk
-    boots alone under OVMF and passes the dom0 and guest suites."""
-    stdout, cases = _xenforge_test(exported, tmp_path, "install", "--firmware", "uefi")
-    assert re.search(r"installed in \d+s: XENFORGE-INSTALL-DONE target=/dev/vda", stdout), \
-        stdout
-    assert "firmware=uefi" in stdout
-    assert "passed, 0 failed" in stdout
-    assert any("the_machine_is_the_one_booted" in c for c in cases), cases
-    lifecycles = [c for c in cases if c.startswith("test_guest_lifecycle")]
-    assert len(lifecycles) == 3, cases  # each guest's autostarted boot reached userspace
 
 
 HVM = REPO / "recipes" / "xen-host-hvm.yaml"
@@ -310,7 +254,7 @@ def test_host_mode_and_an_unmodified_hvm_guest(out_dir: Path, tmp_path: Path) ->
     finally:
         boot.send_signal(signal.SIGTERM)
         boot.wait(timeout=180)
-    assert not _qemus(), "xenforge boot left QEMU running after SIGTERM"
+    assert not qemus(), "xenforge boot left QEMU running after SIGTERM"
     _check_fleet(*fleet)
     cases = {c.get("name", "") for c in ET.parse(junit).getroot().iter("testcase")}
     assert any("hypervisor_is_the_built_one" in c for c in cases), cases
@@ -394,26 +338,26 @@ def _check_fleet(res: subprocess.CompletedProcess[str], junit: Path) -> None:
 def test_a_sigkilled_xenforge_boot_leaves_no_qemu(out_dir: Path) -> None:
     """SIGKILL runs none of xenforge's clean-up: the VM must still go (it dies with the
     thread that started it)."""
-    assert not _qemus()
+    assert not qemus()
     disk = out_dir / "image-xen-host" / "xen-host.qcow2"
     boot = subprocess.Popen([*XENFORGE, "boot", str(disk)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not _qemus():
+        while not qemus():
             assert boot.poll() is None, "xenforge boot exited before starting QEMU"
             assert time.monotonic() < deadline, "xenforge boot did not start QEMU"
             time.sleep(0.5)
         boot.send_signal(signal.SIGKILL)
         boot.wait(timeout=30)
         deadline = time.monotonic() + 15
-        while _qemus() and time.monotonic() < deadline:
+        while qemus() and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not _qemus(), "QEMU outlived a SIGKILLed xenforge boot"
+        assert not qemus(), "QEMU outlived a SIGKILLed xenforge boot"
     finally:
         boot.kill()
         boot.wait()
-        for line in _qemus():  # do not leave one behind for the next test
+        for line in qemus():  # do not leave one behind for the next test
             os.kill(int(line.split()[0]), signal.SIGKILL)
 
 
@@ -445,5 +389,5 @@ def test_a_host_without_room_for_its_guests_fails_saying_why(out_dir: Path,
     assert len(failed) == 2, failed
     assert failed[0].startswith("test_guest_lifecycle[guest-pv-"), failed
     assert failed[1].startswith("test_guest_lifecycle[guest-pvh-"), failed
-    assert not _qemus("xen-host-no-room"), \
+    assert not qemus("xen-host-no-room"), \
         "a QEMU is still running after a failed xenforge test"
