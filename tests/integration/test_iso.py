@@ -116,7 +116,7 @@ def test_the_iso_boots_live(built: dict[str, xb.Built], firmware: str, attach: s
                     ready=re.escape(info["ready_marker"]))
     with Session(target, workdir=tmp_path / "vm", log=tmp_path / "qemu.log") as vm:
         try:
-            took = vm.wait_ready(900)
+            took = vm.wait_ready(1800)  # beside another worker's emulated machine
             print(f"ISO live ({firmware}, {attach}): ready after {took:.0f}s")
             rc, out = _ssh(vm, key, "cat /proc/xen/capabilities; findmnt -n -o FSTYPE /; "
                            "sudo xl list; sudo xl info")
