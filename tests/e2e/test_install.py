@@ -1,5 +1,5 @@
 """The release ISO installs itself unattended and the installed host passes the suites: a
-file of its own, so that pytest-xdist runs it beside the main job's boot
+file of its own, so that `pytest -n 2` can run it beside the main job's boot
 (tests/e2e/test_main_job.py); both read the default recipe's nodes from the test cache,
 each node built once by whichever gets to its lock first."""
 

@@ -164,6 +164,7 @@ def record_host_keys(port: int, known_hosts: Path, log: Path) -> None:
     boot: trusted on that first use). Nothing is written if the scan fails: ``xenforge test
     --known-hosts`` then records them itself (accept-new)."""
     from xenforge.core import run as runner
+    from xenforge.core.files import write_text_atomic
 
     lines: list[str] = []
     # one type per scan, sequentially and retried: ssh-keyscan's default opens a connection per
@@ -178,9 +179,7 @@ def record_host_keys(port: int, known_hosts: Path, log: Path) -> None:
                 break
     if not lines:
         return
-    tmp = known_hosts.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, known_hosts)
+    write_text_atomic(known_hosts, "\n".join(lines) + "\n")
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
