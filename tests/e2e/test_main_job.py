@@ -186,9 +186,10 @@ def test_host_mode_and_an_unmodified_hvm_guest(out_dir: Path, tmp_path: Path) ->
     VM that `xenforge boot` started from a disk file under UEFI (`xenforge test` above booted
     with SeaBIOS). The disk is the HVM recipe's: the default host with an unmodified HVM
     guest (Debian's stock kernel, booted by SeaBIOS and GRUB from its own disk, emulated
-    devices only), so one boot checks dom0 and that guest's life cycle (mode, devices, clean
-    power-off, no device model left, a second boot measuring the emulated disk) and the
-    missing-device-model failure. The PVHVM form is the main job's (guest-pvhvm)."""
+    devices only), so one boot checks dom0 and that guest's life cycle (mode, devices, the
+    emulated disk measured, clean power-off, no device model left: one boot of it, the
+    recipe's ``tests.guest_boots: 1``) and the missing-device-model failure. The PVHVM form
+    is the main job's (guest-pvhvm), with both boots."""
     out = out_dir.parent
     res = subprocess.run([*XENFORGE, "build", str(HVM), "--plain", "-o", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=3600)

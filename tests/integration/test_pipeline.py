@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import _xenbuild as xb
 import nginx
 import pytest
 
@@ -56,14 +57,15 @@ def _checkout(dest: Path) -> None:
 
 def test_generated_gitlab_pipeline_shards_the_build_through_the_remote_cache(
         tmp_path: Path, record_property: pytest.RecordProperty) -> None:
-    # the single-machine build, from an empty node cache like the pipeline's jobs (the
-    # shared test cache may hold objects an older stage made: not what the jobs build)
+    # the single-machine build: the test cache's (built once per run, shared with the other
+    # tests; a node id names the stage version and every input, so what is cached there is
+    # what the jobs build - and reproducible builds give the same bytes from another cache)
     t0 = time.monotonic()
-    ref = subprocess.run([XENFORGE, "--cache-dir", str(tmp_path / "ref-cache"), "build",
+    ref = subprocess.run([XENFORGE, "--cache-dir", str(xb.test_cache().root), "build",
                           RECIPE, "--plain", "-o", str(tmp_path / "ref")], cwd=REPO,
                          capture_output=True, text=True, timeout=3600)
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
-    record_property("single_machine_seconds", round(time.monotonic() - t0, 1))
+    record_property("single_machine_export_seconds", round(time.monotonic() - t0, 1))
 
     proj = tmp_path / "proj"
     _checkout(proj)

@@ -169,6 +169,13 @@ def test_recipe_services_reach_the_suite(tmp_path: Path) -> None:
     assert suite_expectations(None, settings) == {"services": ["ssh", "xen-watchdog.timer"]}
 
 
+def test_the_recipes_guest_boots_reach_each_guest(tmp_path: Path) -> None:
+    _fake_build(tmp_path)
+    assert [g["boots"] for g in suite_expectations(tmp_path, Settings())["guests"]] == [2]
+    one = suite_expectations(tmp_path, Settings(guest_boots=1))
+    assert [(g["name"], g["boots"]) for g in one["guests"]] == [("guest-pv", 1)]
+
+
 def _units_block(states: dict[str, tuple[str, str]]) -> str:
     return "\n\n".join(f"Id={u}\nLoadState={load}\nActiveState={active}\nSubState=x"
                        for u, (load, active) in states.items())

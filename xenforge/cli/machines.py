@@ -154,7 +154,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0 if rc == 0 else 1
 
 
-HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")  # the types a Debian sshd makes on first boot
+HOST_KEY_TYPES = ("ed25519",)  # the one type a xenforge image makes (xenforge-firstboot)
 
 
 def record_host_keys(port: int, known_hosts: Path, log: Path) -> None:

@@ -171,6 +171,10 @@ class TestsSection(Model):
         default_factory=list, description="systemd units the dom0 suite requires active "
         "(`.service` unless another suffix is given); default: the Xen units installed")
     boot: BootSettings = Field(default_factory=BootSettings)
+    guest_boots: int = Field(
+        2, ge=1, le=2, description="boots of each guest the guests suite checks: 2 (create, "
+        "clean shutdown, create again; an HVM guest's second boot measures its disk) or 1 "
+        "(that boot measures the disk): under emulation each boot takes minutes")
     after_build: bool = Field(False, description="`xenforge build` also runs the tests")
 
 

@@ -65,6 +65,8 @@ def suite_expectations(out: Path | None, settings: TestsSection) -> dict[str, An
     expect = expectations(out) if out is not None and out.is_dir() else {}
     if settings.services:
         expect["services"] = list(settings.services)
+    for guest in expect.get("guests", []):
+        guest["boots"] = settings.guest_boots
     return expect
 
 
