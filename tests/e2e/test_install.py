@@ -32,12 +32,13 @@ def test_the_iso_installs_unattended_and_the_installed_host_passes(exported: Pat
                                                                   tmp_path: Path) -> None:
     """`xenforge test --install`: the ISO installs itself onto an empty virtio disk under
     OVMF (a seed disk gives the target, hostname, SSH key and poweroff), then that disk
-    boots alone under OVMF and passes the dom0 and guest suites."""
+    boots alone under OVMF and passes the dom0 suite, which sees its three guests started
+    at boot (their life cycle is the main job's, on the same guest disks)."""
     stdout, cases = xenforge_test(exported, tmp_path, "install", "--firmware", "uefi")
     assert re.search(r"installed in \d+s: XENFORGE-INSTALL-DONE target=/dev/vda", stdout), \
         stdout
     assert "firmware=uefi" in stdout
     assert "passed, 0 failed" in stdout
     assert any("the_machine_is_the_one_booted" in c for c in cases), cases
-    lifecycles = [c for c in cases if c.startswith("test_guest_lifecycle")]
-    assert len(lifecycles) == 3, cases  # each guest's autostarted boot reached userspace
+    assert any("the_guests_it_autostarts_run" in c for c in cases), cases
+    assert not any(c.startswith("test_guest_lifecycle") for c in cases), cases

@@ -224,6 +224,23 @@ def test_domain0_listed_with_its_memory(facts: dict[str, tuple[int, str]],
             f"Domain-0 has {mem} MiB, the recipe asks for {want} MiB (dom0_mem)"
 
 
+def test_the_guests_it_autostarts_run_and_no_other(facts: dict[str, tuple[int, str]],
+                                                   expect: dict[str, Any]) -> None:
+    """Each guest the recipe autostarts was created at boot (xendomains, from
+    ``/etc/xen/auto``) and xl lists it; a guest that does not autostart does not run (the
+    snapshot is taken before the guests suite creates any), and a live ISO starts none."""
+    guests = {g["name"]: bool(g.get("autostart")) for g in expect.get("guests", [])}
+    live = expect.get("machine", {}).get("medium") == "live ISO"
+    out = _ok(facts, "xl-list", "xl list")
+    listed = {ln.split()[0] for ln in out.splitlines()[1:] if ln.split()}
+    started = {name for name, auto in guests.items() if auto and not live}
+    missing = sorted(started - listed)
+    assert not missing, f"guests the recipe autostarts are not running: {missing}\n{out}"
+    unasked = sorted((set(guests) - started) & listed)
+    assert not unasked, (f"guests that do not start at boot here are running: {unasked}"
+                         f"{' (a live ISO starts none)' if live else ''}\n{out}")
+
+
 def test_dom0_kernel_is_the_built_one(facts: dict[str, tuple[int, str]],
                                       expect: dict[str, Any]) -> None:
     release = _ok(facts, "uname", "uname -r").strip()

@@ -139,10 +139,10 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
         target = replace(target, iso=None, disk=done.disk, key=done.key)
         expect["machine"] = {"medium": "installed disk", "root_fstype": "ext4",
                              "hostname": done.hostname}
-        # the guests the install carried: their autostarted boot reaches userspace (one
-        # checked boot each; the disk's own test runs the whole life cycle)
-        for guest in expect.get("guests", []):
-            guest["boots"] = 1
+        # the guests the install carried: the dom0 suite sees xendomains start each one at
+        # boot; their life cycle is the disk's test (the same guest disks): under
+        # emulation three guests reaching userspace at once took 15 min of a 26-min test
+        builtin = [s for s in builtin if s != "guests"]
     progress.line(f"boot   {target.disk.name if target.disk else target.iso} "
                   f"({target.firmware}, {accel})")
     verify_log = logs / "verify.log"
