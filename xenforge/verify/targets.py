@@ -126,8 +126,8 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
     kvm = kvm_works(cache.state.probes(), target.kernel, logs / "kvm-probe.log")
     accel = "KVM" if kvm else "TCG"
     start = time.monotonic()
-    if medium == "iso":
-        builtin = [s for s in builtin if s != "guests"]  # live guests start by hand
+    if medium != "disk":  # live guests start by hand; an install's are the disk's test's
+        builtin = [s for s in builtin if s != "guests"]
     if medium == "install":
         assert target.iso is not None
         progress.line(f"install {target.iso.name} -> an empty disk ({target.firmware}, "
@@ -142,7 +142,6 @@ def test_built(out: Path, *, cache: Cache, progress: Progress, settings: TestsSe
         # the guests the install carried: the dom0 suite sees xendomains start each one at
         # boot; their life cycle is the disk's test (the same guest disks): under
         # emulation three guests reaching userspace at once took 15 min of a 26-min test
-        builtin = [s for s in builtin if s != "guests"]
     progress.line(f"boot   {target.disk.name if target.disk else target.iso} "
                   f"({target.firmware}, {accel})")
     verify_log = logs / "verify.log"
