@@ -44,3 +44,6 @@ RELEASE = "trixie"
 
 #: MiB of a disk image's EFI system partition
 ESP_MIB = 64
+
+#: boots of each guest the guests suite checks (create, clean shutdown, create again)
+GUEST_BOOTS = 2

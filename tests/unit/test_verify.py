@@ -174,6 +174,10 @@ def test_the_recipes_guest_boots_reach_each_guest(tmp_path: Path) -> None:
     assert [g["boots"] for g in suite_expectations(tmp_path, Settings())["guests"]] == [2]
     one = suite_expectations(tmp_path, Settings(guest_boots=1))
     assert [(g["name"], g["boots"]) for g in one["guests"]] == [("guest-pv", 1)]
+    named = suite_expectations(tmp_path, Settings(guest_boots={"guest-pv": 1}))
+    assert [g["boots"] for g in named["guests"]] == [1]
+    other = suite_expectations(tmp_path, Settings(guest_boots={"guest-x": 1}))
+    assert [g["boots"] for g in other["guests"]] == [2]  # a guest not named: both boots
 
 
 def _units_block(states: dict[str, tuple[str, str]]) -> str:

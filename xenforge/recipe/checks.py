@@ -117,6 +117,13 @@ def check_recipe(loaded: LoadedRecipe, origins: Origins) -> list[Problem]:
             add(("iso", "image"), f"image {r.iso.image!r} has role {iso_img.role}",
                 "an installable ISO carries a dom0 image")
 
+    boots = r.tests.guest_boots if r.tests is not None else None
+    for name in sorted(boots) if isinstance(boots, dict) else []:
+        if name not in seen:
+            add(("tests", "guest_boots", name), f"no guest named {name!r}",
+                f"guests of this recipe: {', '.join(sorted(seen)) or 'none'} (a recipe that "
+                "extends another inherits its tests section: set guest_boots for its own "
+                "guests)")
     if r.tests is not None and r.tests.after_build and not r.images:
         add(("tests", "after_build"), "tests need an image to boot",
             "add an image with role: dom0, or use `xenforge test --host` for a real host")

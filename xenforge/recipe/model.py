@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -31,6 +31,7 @@ Firmware = Literal["bios", "uefi"]
 Format = Literal["raw", "qcow2"]
 IsoMode = Literal["live", "install"]
 Suite = Literal["dom0", "guests"]
+GuestBoots = Annotated[int, Field(ge=1, le=2)]
 
 
 def _formats() -> list[Format]:
@@ -171,11 +172,18 @@ class TestsSection(Model):
         default_factory=list, description="systemd units the dom0 suite requires active "
         "(`.service` unless another suffix is given); default: the Xen units installed")
     boot: BootSettings = Field(default_factory=BootSettings)
-    guest_boots: int = Field(
-        2, ge=1, le=2, description="boots of each guest the guests suite checks: 2 (create, "
-        "clean shutdown, create again; an HVM guest's second boot measures its disk) or 1 "
-        "(that boot measures the disk): under emulation each boot takes minutes")
+    guest_boots: GuestBoots | dict[Name, GuestBoots] = Field(
+        defaults.GUEST_BOOTS, description="boots of each guest the guests suite checks: 2 (create, clean "
+        "shutdown, create again; an HVM guest's second boot measures its disk) or 1 (that "
+        "boot measures the disk), for every guest or per guest name ({guest-pv: 1}; a guest "
+        "not named gets 2): under emulation each boot takes minutes")
     after_build: bool = Field(False, description="`xenforge build` also runs the tests")
+
+    def boots_of(self, guest: str) -> int:
+        """How many boots of ``guest`` the guests suite checks."""
+        if isinstance(self.guest_boots, dict):
+            return self.guest_boots.get(guest, defaults.GUEST_BOOTS)
+        return self.guest_boots
 
 
 class CacheSection(Model):

@@ -66,7 +66,7 @@ def suite_expectations(out: Path | None, settings: TestsSection) -> dict[str, An
     if settings.services:
         expect["services"] = list(settings.services)
     for guest in expect.get("guests", []):
-        guest["boots"] = settings.guest_boots
+        guest["boots"] = settings.boots_of(guest["name"])
     return expect
 
 
