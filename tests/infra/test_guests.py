@@ -254,8 +254,9 @@ def test_guest_lifecycle(host: Any, guest: dict[str, Any], record_property: Any)
     more. Any other guest found running (left by an earlier run) is stopped first and
     created twice. An expectation ``boots: 1`` checks one boot only (the autostarted one,
     else one ``xl create``): the recipe's ``tests.guest_boots`` asks for that, for every
-    guest or per guest (the default recipe: its PVHVM guest alone boots twice). An HVM guest's device model must be
-    gone with it, and its last boot measures disk throughput (see the module docstring)."""
+    guest or per guest (the default recipe: its PVHVM guest alone boots twice). An HVM
+    guest's device model must be gone with it, and its last boot measures disk throughput
+    (see the module docstring)."""
     name = guest["name"]
     cfg = guest.get("config", f"/etc/xen/{name}.cfg")
     log = guest.get("console_log", f"/var/log/xen/console/guest-{name}.log")
