@@ -173,10 +173,10 @@ class TestsSection(Model):
         "(`.service` unless another suffix is given); default: the Xen units installed")
     boot: BootSettings = Field(default_factory=BootSettings)
     guest_boots: GuestBoots | dict[Name, GuestBoots] = Field(
-        defaults.GUEST_BOOTS, description="boots of each guest the guests suite checks: 2 (create, clean "
-        "shutdown, create again; an HVM guest's second boot measures its disk) or 1 (that "
-        "boot measures the disk), for every guest or per guest name ({guest-pv: 1}; a guest "
-        "not named gets 2): under emulation each boot takes minutes")
+        defaults.GUEST_BOOTS, description="boots of each guest the guests suite checks: 2 "
+        "(create, clean shutdown, create again; an HVM guest's second boot measures its disk) "
+        "or 1 (that boot measures the disk), for every guest or per guest name "
+        "({guest-pv: 1}; a guest not named gets 2): under emulation each boot takes minutes")
     after_build: bool = Field(False, description="`xenforge build` also runs the tests")
 
     def boots_of(self, guest: str) -> int:
