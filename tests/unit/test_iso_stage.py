@@ -110,11 +110,12 @@ def test_menu_live_install_rescue_on_serial_and_screen() -> None:
 
 def test_install_conf_is_what_the_installer_sources(tmp_path: Path) -> None:
     conf = tmp_path / "install.conf"
-    conf.write_text(install_conf(_opts(), 123456789))
+    conf.write_text(install_conf(_opts(), 123456789, {"b": "a", "c": "a"}))
     out = subprocess.run(["bash", "-c", f'. {conf}; echo "$SYSTEM_BYTES|$ESP_MIB|'
-                          '$XEN_CMDLINE|$GRUB_TIMEOUT|$GRUB_MODULES"'],
+                          '$XEN_CMDLINE|$GRUB_TIMEOUT|$GRUB_MODULES|$GUEST_COPIES"'],
                          capture_output=True, text=True, check=True).stdout
-    size, esp, xen, timeout, modules = out.strip().split("|")
+    size, esp, xen, timeout, modules, copies = out.strip().split("|")
+    assert copies == "b=a c=a"  # guests b and c have a's disk: the installer reads it once
     assert (size, esp, xen, timeout) == ("123456789", "64",
                                           "console=com1 com1=115200 dom0_mem=512M", "3")
     assert "multiboot2" in modules.split() and "part_gpt" in modules.split()
@@ -132,8 +133,9 @@ def test_iso_stage_makes_a_hybrid_iso_of_the_rootfs(tmp_path: Path) -> None:
     dom0 = _rootfs_out(tmp_path, "host", "dom0")
     (dom0 / "xen-4.20.gz").write_bytes(b"xen" * 1000)
     guest = _rootfs_out(tmp_path, "guest", "guest")
-    ctx = stage_context(tmp_path, node="iso:host", options=_opts(),
-                        inputs={"rootfs": dom0, "guests": (guest,)})
+    two = [_guest(name=n, hostname=n).model_dump() for n in ("g1", "g2")]  # one image
+    ctx = stage_context(tmp_path, node="iso:host", options=_opts(guests=two),
+                        inputs={"rootfs": dom0, "guests": (guest, guest)})
     IsoStage().run(ctx)
     iso = ctx.out / "host-1.0.iso"
     info = json.loads((ctx.out / "iso-info.json").read_text())
@@ -168,6 +170,11 @@ def test_iso_stage_makes_a_hybrid_iso_of_the_rootfs(tmp_path: Path) -> None:
     files = subprocess.run(["unsquashfs", "-l", str(extract / "fs.squashfs")],
                            capture_output=True, text=True, check=True).stdout
     assert "squashfs-root/var/lib/xen/images/g1/disk.raw" in files
+    assert "squashfs-root/var/lib/xen/images/g2/disk.raw" in files
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract",
+                    "/xenforge/install.conf", str(extract / "install.conf")],
+                   capture_output=True, check=True)
+    assert 'GUEST_COPIES="g2=g1"' in (extract / "install.conf").read_text()
     assert "squashfs-root/etc/xen/g1.cfg" in files and "squashfs-root/etc/xen/auto/g1.cfg" in files
     assert "squashfs-root/etc/default/xenforge-boot" in files
     assert not list(tmp_path.glob("**/mnt/*"))  # nothing left mounted or behind

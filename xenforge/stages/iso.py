@@ -135,12 +135,15 @@ def grub_cfg(opts: IsoOptions, version: str) -> str:
                            entries="".join(entries)).rstrip() + "\n"
 
 
-def install_conf(opts: IsoOptions, system_bytes: int) -> str:
+def install_conf(opts: IsoOptions, system_bytes: int, copies: dict[str, str]) -> str:
+    """``copies``: guest -> the earlier guest whose disk is the same image (the installer
+    reads each image once from the squashfs, then copies it on the target)."""
     values = {"SYSTEM_BYTES": str(system_bytes), "ESP_MIB": str(opts.esp_size),
               "ACCESS_USER": opts.access_user, "XEN_CMDLINE": opts.xen_cmdline,
               "KERNEL_CMDLINE": opts.kernel_cmdline, "LINUX_CMDLINE": opts.linux_cmdline,
               "GRUB_TIMEOUT": str(opts.grub_timeout),
-              "GRUB_MODULES": " ".join(gptdisk.GRUB_MODULES)}
+              "GRUB_MODULES": " ".join(gptdisk.GRUB_MODULES),
+              "GUEST_COPIES": " ".join(f"{dup}={first}" for dup, first in copies.items())}
     lines = ["# read by xenforge-install (the xenforge-live element); written by xenforge"]
     lines += [f'{k}="{v}"' for k, v in values.items()]
     return "\n".join(lines) + "\n"
@@ -152,7 +155,8 @@ class IsoStage(Stage):
         "the ISO holds the root filesystem (see rootfs) and grub-mkrescue's El Torito "
         "and FAT images, whose timestamps are not yet pinned")
     name: ClassVar[str] = "iso"
-    version: ClassVar[int] = 3  # 3: the squashfs's zstd level is an option (default 6)
+    # 3: the squashfs's zstd level is an option (default 6); 4: install.conf's GUEST_COPIES
+    version: ClassVar[int] = 4
     Options: ClassVar[type[StageOptions]] = IsoOptions
     artifacts: ClassVar[tuple[str, ...]] = ("*.iso", "iso-info.json", "access_key",
                                             "access_key.pub")
@@ -181,8 +185,13 @@ class IsoStage(Stage):
                                               zip(guests, guest_infos, strict=True))
         root.grow(max(source_fs.stat().st_size, int(need * 1.15) + (64 << 20)))
         edits = Edits()
+        first_of: dict[Path, str] = {}  # a guest image -> the first guest with it
+        copies: dict[str, str] = {}
         for g, gsrc, ginfo in zip(opts.guests, guests, guest_infos, strict=True):
             add_guest(ctx, g, gsrc, ginfo, edits)
+            if gsrc in first_of:
+                copies[g.name] = first_of[gsrc]
+            first_of.setdefault(gsrc, g.name)
         root.apply(edits, ctx.work / "debugfs.cmds")
         root.check()
 
@@ -213,7 +222,7 @@ class IsoStage(Stage):
         os.link(src / "initrd.img", boot / "initrd.img")
         (boot / "grub" / "grub.cfg").write_text(grub_cfg(opts, version))
         (tree / "xenforge").mkdir()
-        (tree / INSTALL_CONF).write_text(install_conf(opts, used))
+        (tree / INSTALL_CONF).write_text(install_conf(opts, used, copies))
         (tree / "xenforge" / "iso.json").write_text(json.dumps({
             "name": opts.name, "version": version, "label": opts.label,
             "hypervisor": xens[-1].name, "kernel_version": info.get("kernel_version"),
