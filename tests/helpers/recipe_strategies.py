@@ -360,7 +360,8 @@ def recipe_data(kind: str = "host") -> st.SearchStrategy[dict[Any, Any]]:
                                   "cpus": maybe(ints(2, 1, 64, 65)),
                                   "firmware": maybe(st.sampled_from(["bios", "uefi"])),
                                   "timeout": maybe(ints(900, 10, 9))}),
-            "guest_boots": maybe(ints(1, 2, 0, 3)),
+            "guest_boots": maybe(st.one_of(ints(1, 2, 0, 3), st.dictionaries(
+                names(), ints(1, 2, 0, 3), max_size=2))),
             "after_build": _bool()})),
         "signing": st.one_of(st.none(), _section({}, {"key": maybe(st.sampled_from(
             ["ABCDEF0123456789", "me@example.org", "a\nb", "k" * 201]))})),
@@ -664,7 +665,8 @@ HOST_FIELDS: dict[tuple[str | int, ...], st.SearchStrategy[Any]] = {
     ("tests", "boot", "timeout"): _field([10, 900], [9, 2**40]),
     ("tests", "services"): _field([["xendomains", "getty@tty1.service"]], [["a b"], ["-x"]]),
     ("tests", "suites"): _field([[f"{W}/extra.config"]], [["missing.py"]]),
-    ("tests", "guest_boots"): _field([1, 2], [0, 3]),
+    ("tests", "guest_boots"): _field([1, 2, {"web1": 1}, {"web1": 1, "hvm1": 2}],
+                                     [0, 3, {"web1": 3}, {"nope": 1}, {"Web 1": 1}]),
     ("tests", "after_build"): _field([True, False], []),
     ("signing", "key"): _field(["ABCDEF0123456789", "Me <me@example.org>"], ["a\nb", "k" * 201]),
     ("cache", "remote"): _field(["https://cache.example.org/x/"],
